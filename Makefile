@@ -1,0 +1,50 @@
+# One entry point for people and CI.
+SHELL := /bin/bash
+ENV ?=
+VENV := .venv
+PY := $(VENV)/bin/python
+export PATH := $(CURDIR)/node_modules/.bin:$(CURDIR)/$(VENV)/bin:$(PATH)
+export CDK_DISABLE_CLI_TELEMETRY := true
+export PYTHONDONTWRITEBYTECODE := 1
+CDK := npx --no-install cdk
+ENV_CTX := $(if $(ENV),-c env=$(ENV),)
+STACKS := $(if $(ENV),--all,--all)
+
+.PHONY: help setup synth test lint diff deploy deploy-local local-down lab bench cost diagrams clean
+
+help:
+	@echo "make deploy-local [ENV=name]  deploy every environment (or one) to a local AWS emulator and verify it"
+	@echo "make test                     set up and run every test (nag, cfn-lint, snapshots, lab, emulator deploy)"
+	@echo "make synth [ENV=name]         synthesize CloudFormation (no credentials needed)"
+	@echo "make diff ENV=name            cdk diff against your AWS account"
+	@echo "make deploy ENV=name          cdk deploy to your AWS account"
+	@echo "make lab [PROCESSES=N STAGE=4 PORT=8080]  run one server's app tier locally"
+	@echo "make bench                    load and deploy benchmarks"
+	@echo "make cost [ENV=name]          monthly cost estimate per environment"
+	@echo "make diagrams                 architecture diagrams from the synthesized templates"
+	@echo "make local-down               stop the local AWS emulator"
+
+setup:
+	@scripts/setup.sh
+
+synth: setup
+	$(CDK) synth $(ENV_CTX) --quiet
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(CDK) synth $(ENV_CTX) --quiet
+	$(VENV)/bin/cfn-lint cdk.out/*.template.json
+
+test: setup
+	$(VENV)/bin/python -m pytest
+
+diff: setup
+	@test -n "$(ENV)" || { echo "usage: make diff ENV=name"; exit 2; }
+	$(CDK) diff -c env=$(ENV) --all
+
+deploy: setup
+	@test -n "$(ENV)" || { echo "usage: make deploy ENV=name"; exit 2; }
+	$(CDK) deploy -c env=$(ENV) --all --require-approval broadening
+
+clean:
+	rm -rf cdk.out cdk.out.* .pytest_cache
