@@ -1,0 +1,122 @@
+"""App servers: one instance (stages 1–2) or an Auto Scaling group (stages 3–4)."""
+
+from __future__ import annotations
+
+from aws_cdk import CfnOutput, Duration
+from aws_cdk import aws_autoscaling as autoscaling
+from aws_cdk import aws_ec2 as ec2
+from aws_cdk import aws_sns as sns
+from constructs import Construct
+
+from cdk_constructs import bootstrap
+from cdk_constructs.nag import acknowledge
+from cdk_constructs.server import (
+    BOOT_SIGNAL_TIMEOUT,
+    KeyPairChoice,
+    ServerRole,
+    acknowledge_bootstrap_grants,
+    allow_ssh_from_admins,
+    group_root_volume,
+    root_volume,
+)
+
+
+class AppServer(Construct):
+    """One app server with an Elastic IP in a public subnet, updated in place by cfn-hup.
+
+    Exposes `instance`, `role`, `security_group`, `connections`, `elastic_ip`.
+    """
+
+    def __init__(self, scope: Construct, construct_id: str, *, vpc: ec2.IVpc, subnets: ec2.SubnetSelection,
+                 instance_type: str, machine_image: ec2.IMachineImage, init: ec2.CloudFormationInit,
+                 service_port: int, key_pair: KeyPairChoice, admin_cidrs: tuple[str, ...], protect: bool,
+                 root_volume_gib: int) -> None:
+        super().__init__(scope, construct_id)
+        self.role = ServerRole(self, "Role").role
+        self.security_group = ec2.SecurityGroup(self, "SecurityGroup", vpc=vpc, allow_all_outbound=True,
+                                                description="App server: HTTP from the internet")
+        self.instance = ec2.Instance(
+            self, "Instance", vpc=vpc, vpc_subnets=subnets,
+            instance_type=ec2.InstanceType(instance_type), machine_image=machine_image,
+            security_group=self.security_group, role=self.role, require_imdsv2=True,
+            block_devices=[root_volume(root_volume_gib)], detailed_monitoring=True,
+            disable_api_termination=protect, key_pair=key_pair.key_pair,
+        )
+        if not protect:
+            acknowledge(self.instance, "AwsSolutions-EC29",
+                        "Non-production environments are torn down with cdk destroy; termination protection is "
+                        "on wherever operations.removal_policy keeps data.")
+        bootstrap.apply_with_in_place_updates(self.instance, init, signal_timeout=BOOT_SIGNAL_TIMEOUT)
+        acknowledge_bootstrap_grants(self.role)
+        self.elastic_ip = ec2.CfnEIP(self, "ElasticIp", instance_id=self.instance.instance_id,
+                                     tags=[{"key": "Name", "value": self.node.path}])
+        self.connections = self.instance.connections
+        self.connections.allow_from(ec2.Peer.any_ipv4(), ec2.Port.tcp(service_port), "HTTP from the internet")
+        acknowledge(self.security_group, "AwsSolutions-EC23",
+                    "A single public app server is the web entry point of stages 1-2: only the HTTP port is open "
+                    "to the internet (SSH only to admin CIDRs, and only with a key pair).")
+        allow_ssh_from_admins(self.connections, admin_cidrs=admin_cidrs, key_pair=key_pair)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.elastic_ip.attr_public_ip}/"
+
+    def session_manager_command(self, region: str) -> str:
+        return f"aws ssm start-session --region {region} --target {self.instance.instance_id}"
+
+
+class AppServerGroup(Construct):
+    """An Auto Scaling group of app servers in private subnets, rolled in batches on change.
+
+    Exposes `group`, `role`, `security_group`, `connections`.
+    """
+
+    def __init__(self, scope: Construct, construct_id: str, *, vpc: ec2.IVpc, subnets: ec2.SubnetSelection,
+                 instance_type: str, machine_image: ec2.IMachineImage, init: ec2.CloudFormationInit,
+                 min_servers: int, desired_servers: int, max_servers: int, key_pair: KeyPairChoice,
+                 admin_cidrs: tuple[str, ...], root_volume_gib: int, notifications: sns.ITopic,
+                 health_check_grace: Duration = Duration.minutes(5)) -> None:
+        super().__init__(scope, construct_id)
+        self.role = ServerRole(self, "Role").role
+        self.security_group = ec2.SecurityGroup(self, "SecurityGroup", vpc=vpc, allow_all_outbound=True,
+                                                description="App servers: the app port from the load balancer")
+        self.group = autoscaling.AutoScalingGroup(
+            self, "Group", vpc=vpc, vpc_subnets=subnets,
+            instance_type=ec2.InstanceType(instance_type), machine_image=machine_image,
+            security_group=self.security_group, role=self.role, require_imdsv2=True,
+            block_devices=[group_root_volume(root_volume_gib)], instance_monitoring=autoscaling.Monitoring.DETAILED,
+            key_pair=key_pair.key_pair,
+            min_capacity=min_servers, desired_capacity=desired_servers, max_capacity=max_servers,
+            init=init, init_options=bootstrap.init_options_for_group(),
+            signals=autoscaling.Signals.wait_for_min_capacity(timeout=BOOT_SIGNAL_TIMEOUT),
+            # Replace one server at a time and keep the desired capacity serving meanwhile; each
+            # new server must signal success (cfn-init finished, app healthy) or the update
+            # rolls back.
+            update_policy=autoscaling.UpdatePolicy.rolling_update(
+                max_batch_size=1, min_instances_in_service=min(desired_servers, max_servers - 1),
+                wait_on_resource_signals=True, pause_time=BOOT_SIGNAL_TIMEOUT,
+                suspend_processes=[autoscaling.ScalingProcess.HEALTH_CHECK,
+                                   autoscaling.ScalingProcess.REPLACE_UNHEALTHY,
+                                   autoscaling.ScalingProcess.AZ_REBALANCE,
+                                   autoscaling.ScalingProcess.ALARM_NOTIFICATION,
+                                   autoscaling.ScalingProcess.SCHEDULED_ACTIONS]),
+            health_checks=autoscaling.HealthChecks.with_additional_checks(
+                additional_types=[autoscaling.AdditionalHealthCheckType.ELB], grace_period=health_check_grace),
+            notifications=[autoscaling.NotificationConfiguration(topic=notifications)],
+            cooldown=Duration.minutes(3),
+        )
+        acknowledge_bootstrap_grants(self.role)
+        acknowledge(self.group, "@aws-cdk/aws-autoscaling:desiredCapacitySet",
+                    "servers.desired_servers is the fleet size the environment is reviewed at; a deploy resets it "
+                    "on purpose, and scaling policies move it between deploys (README: Scaling).")
+        self.connections = self.group.connections
+        allow_ssh_from_admins(self.connections, admin_cidrs=admin_cidrs, key_pair=key_pair)
+
+    def session_manager_command(self, region: str) -> str:
+        return (f"aws ssm start-session --region {region} --target $(aws autoscaling describe-auto-scaling-groups "
+                f"--region {region} --auto-scaling-group-names {self.group.auto_scaling_group_name} "
+                "--query 'AutoScalingGroups[0].Instances[0].InstanceId' --output text)")
+
+
+def url_output(scope: Construct, url: str) -> CfnOutput:
+    return CfnOutput(scope, "Url", value=url, description="Where the service answers")

@@ -1,0 +1,91 @@
+"""CloudFormation Init built from `app_tier.render`: what a server gets is what the local lab runs.
+
+This module only translates. Every file, package and command comes from the app tier's
+render module, so there is one copy of the server software and the lab tests it.
+"""
+
+from __future__ import annotations
+
+from aws_cdk import Stack
+from aws_cdk import aws_autoscaling as autoscaling
+from aws_cdk import aws_ec2 as ec2
+
+from app_tier import render
+
+APP_CONFIG_SET = "webapp"
+UPDATES_CONFIG = "updates"
+
+
+def _config(packages: list[str], files: dict[str, render.ServerFile], commands: list[tuple[str, str]],
+            sources: list[ec2.InitElement] = ()) -> ec2.InitConfig:
+    elements: list[ec2.InitElement] = [ec2.InitPackage.yum(name) for name in packages]
+    elements += list(sources)
+    elements += [ec2.InitFile.from_string(path, f.content, mode=f.mode, owner=f.owner, group=f.group)
+                 for path, f in sorted(files.items())]
+    # cfn-init runs a config's commands in the order of their keys, so number them.
+    elements += [ec2.InitCommand.shell_command(cmd, key=f"{i:02d}-{name}") for i, (name, cmd) in enumerate(commands)]
+    return ec2.InitConfig(elements)
+
+
+def app_server_init(layout: render.ServerLayout, database: render.DatabaseEndpoint, *,
+                    local_database: render.DatabaseEndpoint | None = None,
+                    local_database_cidr: str = "127.0.0.1/32",
+                    in_place_updates: bool = False) -> ec2.CloudFormationInit:
+    """The app tier of one server; with `local_database`, PostgreSQL on the same host (stage 1)."""
+    configs: dict[str, ec2.InitConfig] = {}
+    if local_database is not None:
+        configs["database"] = _config(render.database_server_packages(),
+                                      render.database_server_files(local_database, local_database_cidr),
+                                      render.database_server_commands(local_database))
+    app_source = ec2.InitSource.from_asset(f"{layout.app_root}/app", str(render.APP_SOURCE_DIR))
+    configs["app"] = _config(render.app_server_packages(layout), render.app_server_files(layout, database),
+                             render.app_server_commands(layout), sources=[app_source])
+    return _init(configs, in_place_updates)
+
+
+def database_server_init(database: render.DatabaseEndpoint, *, allowed_cidr: str,
+                         before: list[tuple[str, str]] = (), in_place_updates: bool = False) -> ec2.CloudFormationInit:
+    """PostgreSQL on its own server; `before` runs first (e.g. attaching the data volume)."""
+    configs = {}
+    if before:
+        configs["storage"] = _config([], {}, list(before))
+    configs["database"] = _config(render.database_server_packages(),
+                                  render.database_server_files(database, allowed_cidr),
+                                  render.database_server_commands(database))
+    return _init(configs, in_place_updates)
+
+
+def _init(configs: dict[str, ec2.InitConfig], in_place_updates: bool) -> ec2.CloudFormationInit:
+    # "updates" (cfn-hup) is added by apply_with_in_place_updates, once the instance exists.
+    config_set = list(configs) + ([UPDATES_CONFIG] if in_place_updates else [])
+    return ec2.CloudFormationInit.from_config_sets(config_sets={APP_CONFIG_SET: config_set}, configs=configs)
+
+
+def init_options_for_group() -> autoscaling.ApplyCloudFormationInitOptions:
+    """An Auto Scaling group's servers signal through the group's creation/update policy."""
+    return autoscaling.ApplyCloudFormationInitOptions(config_sets=[APP_CONFIG_SET], print_log=True,
+                                                      ignore_failures=False)
+
+
+def apply_with_in_place_updates(instance: ec2.Instance, init: ec2.CloudFormationInit, *,
+                                signal_timeout) -> None:
+    """Bootstrap a single server and keep it updated in place.
+
+    cfn-hup re-runs cfn-init when the instance's Init metadata changes, so a single server
+    (stages 1–2) takes an app update without being replaced, and without losing the data
+    on it. The fingerprint is not embedded in the user data for the same reason.
+    """
+    stack = Stack.of(instance)
+    logical_id = stack.get_logical_id(instance.node.default_child)
+    reload_action = (f"/opt/aws/bin/cfn-init -v --stack {stack.stack_name} --resource {logical_id} "
+                     f"--configsets {APP_CONFIG_SET} --region {stack.region}")
+    init.add_config(UPDATES_CONFIG, _config([], {
+        "/etc/cfn/cfn-hup.conf": render.ServerFile(
+            f"[main]\nstack={stack.stack_id}\nregion={stack.region}\ninterval=1\n", mode="000400"),
+        "/etc/cfn/hooks.d/cfn-auto-reloader.conf": render.ServerFile(
+            "[cfn-auto-reloader-hook]\ntriggers=post.update\n"
+            f"path=Resources.{logical_id}.Metadata.AWS::CloudFormation::Init\n"
+            f"action={reload_action}\nrunas=root\n", mode="000400"),
+    }, [("enable-cfn-hup", "systemctl enable --now cfn-hup.service")]))
+    instance.apply_cloud_formation_init(init, config_sets=[APP_CONFIG_SET], timeout=signal_timeout,
+                                        print_log=True, ignore_failures=False, embed_fingerprint=False)

@@ -1,0 +1,58 @@
+"""What every stage shares: the server image, the key pair, the database endpoint and outputs."""
+
+from __future__ import annotations
+
+from aws_cdk import CfnOutput, RemovalPolicy, Stack
+from aws_cdk import aws_sns as sns
+from constructs import Construct
+
+from app_tier import render
+from cdk_constructs.network import Network
+from cdk_constructs.server import KeyPairChoice, machine_image
+from envconfig import EnvironmentConfig
+
+_REMOVAL_POLICIES = {"destroy": RemovalPolicy.DESTROY, "retain": RemovalPolicy.RETAIN,
+                     "snapshot": RemovalPolicy.SNAPSHOT}
+
+
+class StageBase(Construct):
+    """Base of the four stage constructs; each subclass builds its servers in `__init__`.
+
+    Every stage exposes `url`, `database` (a `Database`, or None on stage 1), `database_secret`,
+    `app_servers` (an `AppServer` or `AppServerGroup`) and `key_pair`.
+    """
+
+    def __init__(self, scope: Construct, construct_id: str, *, config: EnvironmentConfig, network: Network,
+                 notifications: sns.ITopic, custom_resources_allowed: bool = True) -> None:
+        super().__init__(scope, construct_id)
+        self.config = config
+        self.custom_resources_allowed = custom_resources_allowed
+        self.network = network
+        self.notifications = notifications
+        self.protect = config.is_production
+        self.removal_policy = _REMOVAL_POLICIES[config.operations.removal_policy]
+        self.machine_image = machine_image(config.servers.ami, config.servers.architecture,
+                                           pin_in_context=config.account is not None)
+        self.key_pair = KeyPairChoice.build(self, mode=config.access.key_pair,
+                                            existing_name=config.access.key_pair_name,
+                                            name_prefix=config.stack_name)
+        self.database = None
+
+    def server_layout(self) -> render.ServerLayout:
+        return render.ServerLayout(stage=int(self.config.stage), processes=self.config.servers.processes_per_server,
+                                   health_path=self.config.load_balancer.health_check_path)
+
+    def add_outputs(self, *, url: str, session_manager_command: str) -> None:
+        CfnOutput(self, "Url", value=url, description="Where the service answers").override_logical_id("Url")
+        CfnOutput(self, "SessionManagerCommand", value=session_manager_command,
+                  description="Open a shell on an app server (no SSH needed)").override_logical_id(
+                      "SessionManagerCommand")
+        if self.key_pair.parameter_name:
+            CfnOutput(self, "KeyPairParameter", value=self.key_pair.parameter_name,
+                      description="SSM parameter holding the created key pair's private key").override_logical_id(
+                          "KeyPairParameter")
+        self.url = url
+
+    @property
+    def region(self) -> str:
+        return Stack.of(self).region

@@ -1,0 +1,47 @@
+"""Stage 2: an app server and a database server (EC2 PostgreSQL or RDS)."""
+
+from __future__ import annotations
+
+from cdk_constructs import bootstrap
+from cdk_constructs.app_servers import AppServer
+from cdk_constructs.database import Database
+from cdk_constructs.stages.base import StageBase
+
+
+class DatabaseStage(StageBase):
+    """A stage whose database runs apart from the app servers, reachable only from them."""
+
+    def build_database(self) -> Database:
+        cfg = self.config
+        self.database = Database(
+            self, "Database", kind=cfg.database.kind, vpc=self.network.vpc, subnets=self.network.database_subnets,
+            instance_type=cfg.database.instance_type, machine_image=self.machine_image,
+            storage_gib=cfg.database.storage_gib, name=cfg.database.name, user=cfg.database.user,
+            port=cfg.database.port, removal_policy=self.removal_policy, protect=self.protect,
+            backup_retention_days=cfg.operations.backup_retention_days, key_pair=self.key_pair,
+            multi_az=self.protect and cfg.database.kind == "rds")
+        self.database_secret = self.database.secret
+        return self.database
+
+    def connect_database(self, app_servers) -> None:
+        self.database.connections.allow_default_port_from(app_servers.connections, "PostgreSQL from the app servers only")
+        self.database.grant_connect(app_servers.role)
+
+
+class SeparateDatabase(DatabaseStage):
+    """One public app server; the database in an isolated subnet, open only to the app server."""
+
+    def __init__(self, scope, construct_id, **kwargs) -> None:
+        super().__init__(scope, construct_id, **kwargs)
+        cfg = self.config
+        database = self.build_database()
+        layout = self.server_layout()
+        self.app_servers = AppServer(
+            self, "AppServer", vpc=self.network.vpc, subnets=self.network.public_subnets,
+            instance_type=cfg.servers.instance_type, machine_image=self.machine_image,
+            init=bootstrap.app_server_init(layout, database.endpoint, in_place_updates=True),
+            service_port=layout.service_port, key_pair=self.key_pair, admin_cidrs=cfg.access.admin_cidrs,
+            protect=self.protect, root_volume_gib=cfg.servers.root_volume_gib)
+        self.connect_database(self.app_servers)
+        self.add_outputs(url=self.app_servers.url,
+                         session_manager_command=self.app_servers.session_manager_command(self.region))
