@@ -48,3 +48,16 @@ deploy: setup
 
 clean:
 	rm -rf cdk.out cdk.out.* .pytest_cache
+
+# --- app tier (lab, bench) ---
+STAGE ?= 4
+PROCESSES ?=
+PORT ?= 8080
+.PHONY: lab bench-load
+
+# PROCESSES empty: one copy per core (the lab's default).
+lab: setup
+	$(PY) -m app_tier.lab --stage $(STAGE) $(if $(PROCESSES),--processes $(PROCESSES)) --port $(PORT)
+
+bench-load: setup
+	$(PY) -m bench.load

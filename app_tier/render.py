@@ -1,0 +1,514 @@
+"""Everything a server gets for the app tier, rendered in one place.
+
+The CDK bootstrap turns these outputs into CloudFormation Init packages, files and commands for
+Amazon Linux 2023; the local lab (app_tier.lab) runs the same start command, environment, nginx
+config and database setup with lab paths and ports. There is no second copy of any of them.
+
+Every function here is pure: no I/O, no environment reads. Values may be CDK token strings
+(for example a database host "${Token[TOKEN.123]}"); they pass through unchanged, because
+CloudFormation resolves them inside the rendered text at deploy time. Passwords never appear
+in anything rendered: on AWS they are fetched from Secrets Manager at boot.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+APP_SOURCE_DIR = Path(__file__).parent / "sample_app"
+
+# Amazon Linux 2023's default python3 is 3.9; the pinned gunicorn and psycopg need 3.10 or later.
+PYTHON = "python3.11"
+
+# One copy of the app is one gunicorn worker process: nginx (stage 4) or the ALB (stages 1-3)
+# does the spreading. Threads let a copy keep idle keep-alive connections without blocking;
+# keep-alive (75 s) outlasts nginx's upstream and the ALB's idle timeouts (60 s), so the proxy
+# in front always closes an idle connection first. No control socket: copies would share it.
+DEFAULT_START_COMMAND = (
+    "{app_root}/venv/bin/gunicorn --workers 1 --threads 4 --keep-alive 75 --no-control-socket"
+    " --chdir {app_root}/app --bind {bind} app:application"
+)
+
+RESTART_DELAY_SEC = 0.5  # systemd RestartSec; the lab supervisor waits the same
+ENV_FILE = "/etc/webapp/app.env"
+SECRET_DIR = "/run/webapp"  # tmpfs: the password never reaches the disk or survives a reboot
+PASSWORD_FILE = f"{SECRET_DIR}/db-password"
+LIBEXEC_DIR = "/usr/local/libexec/webapp"
+FETCH_PASSWORD_SCRIPT = f"{LIBEXEC_DIR}/fetch-db-password"
+FETCH_PASSWORD_UNIT = "webapp-db-password.service"
+UNIT_DIR = "/etc/systemd/system"
+NGINX_CONF = "/etc/nginx/nginx.conf"
+PG_CONF_DIR = "/etc/webapp/postgresql"
+PG_DATA_DIR = "/var/lib/pgsql/data"  # Amazon Linux 2023 postgresql15-server default
+PG_SETUP_SCRIPT = f"{LIBEXEC_DIR}/setup-postgresql"
+PASSWORD_ENV = "WEBAPP_DB_PASSWORD"  # how the setup SQL receives the password (never argv)
+
+_IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+_NO_QUOTES = re.compile(r"^[^\s'\"\\]+$")
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ValueError(message)
+
+
+@dataclass(frozen=True)
+class ServerLayout:
+    """How one server runs the app: which stage, how many copies, on which ports, as whom."""
+
+    stage: int  # 1..4
+    processes: int  # copies of the app; stages 1-3 always run 1
+    service_port: int = 80  # what clients / the ALB connect to: nginx (stage 4) or the app (1-3)
+    first_app_port: int = 8001  # stage 4 copies listen on 127.0.0.1:first_app_port+i
+    app_root: str = "/opt/webapp"  # the app's code goes to f"{app_root}/app"
+    run_user: str = "webapp"
+    health_path: str = "/health"
+    # The one line a user changes to swap the app. Placeholders: {bind} (host:port), {host},
+    # {port}, {app_root}. It must listen where {bind} says.
+    start_command: str = DEFAULT_START_COMMAND
+
+    def __post_init__(self) -> None:
+        _check(self.stage in (1, 2, 3, 4), f"stage must be 1..4, got {self.stage!r}")
+        _check(isinstance(self.processes, int) and self.processes >= 1,
+               f"processes must be a positive integer, got {self.processes!r}")
+        if self.stage < 4:
+            object.__setattr__(self, "processes", 1)  # only stage 4 runs several copies
+        last_app_port = self.first_app_port + self.processes - 1
+        _check(0 < self.service_port < 65536, f"service_port out of range: {self.service_port}")
+        _check(0 < self.first_app_port and last_app_port < 65536,
+               f"app ports {self.first_app_port}..{last_app_port} out of range")
+        _check(self.stage < 4 or not self.first_app_port <= self.service_port <= last_app_port,
+               f"service_port {self.service_port} collides with the app ports")
+        _check(self.app_root.startswith("/") and bool(_NO_QUOTES.match(self.app_root)),
+               f"app_root must be an absolute path without spaces or quotes: {self.app_root!r}")
+        _check(bool(re.match(r"^[a-z_][a-z0-9_-]{0,31}$", self.run_user)), f"bad run_user {self.run_user!r}")
+        _check(self.health_path.startswith("/"), "health_path must start with /")
+        _check("{bind}" in self.start_command or "{port}" in self.start_command,
+               "start_command must contain {bind} or {port}: the port each copy listens on")
+
+    @property
+    def app_ports(self) -> list[int]:
+        if self.stage == 4:
+            return [self.first_app_port + i for i in range(self.processes)]
+        return [self.service_port]
+
+
+@dataclass(frozen=True)
+class DatabaseEndpoint:
+    """Where the app's PostgreSQL is, and where its password comes from."""
+
+    host: str  # may be a CDK token string; never mangled
+    port: int = 5432
+    name: str = "app"
+    user: str = "app"
+    # On AWS: a Secrets Manager secret whose JSON has the key "password". Fetched at boot into a
+    # root-only tmpfs file; the app reads it through a systemd credential.
+    secret_arn: str | None = None
+    region: str | None = None  # default: the region in the secret's ARN
+
+    def __post_init__(self) -> None:
+        _check(bool(_IDENTIFIER.match(self.name)), f"database name must be a plain identifier: {self.name!r}")
+        _check(bool(_IDENTIFIER.match(self.user)), f"database user must be a plain identifier: {self.user!r}")
+        for label, value in (("host", self.host), ("secret_arn", self.secret_arn), ("region", self.region)):
+            _check(value is None or bool(_NO_QUOTES.match(value)), f"{label} has spaces or quotes: {value!r}")
+
+
+@dataclass(frozen=True)
+class ServerFile:
+    content: str
+    mode: str = "000644"  # CloudFormation Init style
+    owner: str = "root"
+    group: str = "root"
+
+
+@dataclass(frozen=True)
+class ServerBootstrap:
+    """packages, then files, then commands (in order): what CloudFormation Init applies."""
+
+    packages: list[str] = field(default_factory=list)
+    files: dict[str, ServerFile] = field(default_factory=dict)
+    commands: list[tuple[str, str]] = field(default_factory=list)
+
+    def __add__(self, other: ServerBootstrap) -> ServerBootstrap:
+        """Merge two parts of one server; identical shared entries (the secret fetch) appear once."""
+        for path in self.files.keys() & other.files.keys():
+            _check(self.files[path] == other.files[path], f"two different files for {path}")
+        return ServerBootstrap(
+            packages=list(dict.fromkeys(self.packages + other.packages)),
+            files={**self.files, **other.files},
+            commands=list(dict.fromkeys(self.commands + other.commands)),
+        )
+
+
+# --- the app -------------------------------------------------------------------------------
+
+
+def app_binds(layout: ServerLayout, *, public_host: str = "0.0.0.0") -> list[str]:
+    """host:port each copy listens on. Stage 4 copies are loopback-only: nginx is the way in."""
+    if layout.stage == 4:
+        return [f"127.0.0.1:{port}" for port in layout.app_ports]
+    return [f"{public_host}:{layout.service_port}"]
+
+
+def app_start_command(layout: ServerLayout, bind: str) -> str:
+    """The start command of one copy, as a single command line (systemd ExecStart / shlex)."""
+    host, _, port = bind.rpartition(":")
+    return layout.start_command.format(bind=bind, host=host, port=port, app_root=layout.app_root)
+
+
+def app_environment(layout: ServerLayout, database: DatabaseEndpoint, *,
+                    password_file: str | None = None) -> dict[str, str]:
+    """The app's environment. On a server the unit adds DB_PASSWORD_FILE (a systemd credential)."""
+    env = {
+        "APP_STAGE": str(layout.stage),
+        "DB_HOST": database.host,
+        "DB_PORT": str(database.port),
+        "DB_NAME": database.name,
+        "DB_USER": database.user,
+        "PYTHONUNBUFFERED": "1",
+        "PYTHONDONTWRITEBYTECODE": "1",
+    }
+    if password_file:
+        env["DB_PASSWORD_FILE"] = password_file
+    return env
+
+
+def app_units(layout: ServerLayout) -> list[str]:
+    """The systemd units that run the copies: app@8001.service ... (stage 4) or app.service."""
+    if layout.stage == 4:
+        return [f"app@{port}.service" for port in layout.app_ports]
+    return ["app.service"]
+
+
+def app_server_packages(layout: ServerLayout, *, database: DatabaseEndpoint | None = None) -> list[str]:
+    packages = [PYTHON, f"{PYTHON}-pip"]
+    if layout.stage == 4:
+        packages.append("nginx")
+    if database is not None and database.secret_arn:
+        packages.append("awscli-2")  # preinstalled on the standard AL2023 AMI, not on minimal
+    return packages
+
+
+def app_server_files(layout: ServerLayout, database: DatabaseEndpoint) -> dict[str, ServerFile]:
+    files = {ENV_FILE: ServerFile(_env_file(app_environment(layout, database)))}
+    if layout.stage == 4:
+        files[f"{UNIT_DIR}/app@.service"] = ServerFile(_app_unit(layout, database, bind="127.0.0.1:%i"))
+        files[NGINX_CONF] = ServerFile(nginx_config(layout))
+    else:
+        files[f"{UNIT_DIR}/app.service"] = ServerFile(_app_unit(layout, database, bind=app_binds(layout)[0]))
+    files.update(_password_fetch_files(database))
+    return files
+
+
+def app_server_commands(layout: ServerLayout) -> list[tuple[str, str]]:
+    root, user = layout.app_root, layout.run_user
+    units = " ".join(app_units(layout))
+    start = f"systemctl daemon-reload && systemctl enable {units} && systemctl restart {units}"
+    if layout.stage == 4:
+        start += " && systemctl enable nginx.service && systemctl reload-or-restart nginx.service"
+    return [
+        ("20-app-user", (f"id -u {user} >/dev/null 2>&1 || useradd --system --user-group"
+                         f" --home-dir {root} --no-create-home --shell /sbin/nologin {user}")),
+        ("21-app-venv", f"test -x {root}/venv/bin/python || {PYTHON} -m venv {root}/venv"),
+        ("22-app-requirements", (f"{root}/venv/bin/pip install --disable-pip-version-check --no-input"
+                                 f" --quiet -r {root}/app/requirements.txt")),
+        ("23-app-start", start),
+    ]
+
+
+def app_server_bootstrap(layout: ServerLayout, database: DatabaseEndpoint) -> ServerBootstrap:
+    return ServerBootstrap(app_server_packages(layout, database=database),
+                           app_server_files(layout, database), app_server_commands(layout))
+
+
+def _env_file(env: Mapping[str, str]) -> str:
+    lines = ["# Rendered by app_tier/render.py: the app's environment (no secrets here)."]
+    lines += [f"{key}={value}" for key, value in env.items()]
+    return "\n".join(lines) + "\n"
+
+
+_HARDENING = """\
+NoNewPrivileges=yes
+ProtectSystem=strict
+ProtectHome=yes
+PrivateTmp=yes
+PrivateDevices=yes
+ProtectKernelTunables=yes
+ProtectKernelModules=yes
+ProtectKernelLogs=yes
+ProtectControlGroups=yes
+ProtectClock=yes
+ProtectHostname=yes
+RestrictSUIDSGID=yes
+RestrictRealtime=yes
+RestrictNamespaces=yes
+LockPersonality=yes
+RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX
+SystemCallArchitectures=native
+UMask=0077"""
+
+
+def _app_unit(layout: ServerLayout, database: DatabaseEndpoint, *, bind: str) -> str:
+    # '%' is a systemd specifier: escape the user's command, then put the instance (%i) back.
+    marker = "\0port\0"
+    command = app_start_command(layout, bind.replace("%i", marker)).replace("%", "%%").replace(marker, "%i")
+    what = f"Web app copy on {bind}" if layout.stage == 4 else f"Web app on {bind}"
+    unit = ["[Unit]", f"Description={what} (stage {layout.stage})",
+            "After=network-online.target", "Wants=network-online.target",
+            # Restart=always means always: never give up after a burst of crashes.
+            "StartLimitIntervalSec=0"]
+    service = ["[Service]", "Type=simple", f"User={layout.run_user}", f"Group={layout.run_user}",
+               f"WorkingDirectory={layout.app_root}/app", f"EnvironmentFile={ENV_FILE}"]
+    if database.secret_arn:
+        unit += [f"Requires={FETCH_PASSWORD_UNIT}", f"After={FETCH_PASSWORD_UNIT}"]
+        # systemd reads the root-only file and hands the service a private, readable copy.
+        service += [f"LoadCredential=db-password:{PASSWORD_FILE}", "Environment=DB_PASSWORD_FILE=%d/db-password"]
+    service += [f"ExecStart={command}", "Restart=always", f"RestartSec={int(RESTART_DELAY_SEC * 1000)}ms",
+                # SIGTERM to gunicorn's master only; it stops its worker gracefully.
+                "KillMode=mixed", "TimeoutStopSec=35", _HARDENING]
+    if layout.stage == 4:
+        service += ["CapabilityBoundingSet="]
+    else:  # the app itself listens on a privileged port, as a non-root user
+        service += ["AmbientCapabilities=CAP_NET_BIND_SERVICE", "CapabilityBoundingSet=CAP_NET_BIND_SERVICE"]
+    install = ["[Install]", "WantedBy=multi-user.target"]
+    header = "# Rendered by app_tier/render.py; change ServerLayout.start_command to run another app."
+    return "\n".join([header, *unit, "", *service, "", *install]) + "\n"
+
+
+# --- the database password ------------------------------------------------------------------
+
+
+def _password_fetch_files(database: DatabaseEndpoint) -> dict[str, ServerFile]:
+    """A oneshot unit that puts the secret's password into a root-only tmpfs file at every boot."""
+    if not database.secret_arn:
+        return {}
+    region = database.region or ""
+    script = f"""#!/bin/bash
+# Rendered by app_tier/render.py: fetch the database password from Secrets Manager into
+# {PASSWORD_FILE} (tmpfs, root-only). Retries while the network or IAM settles after boot.
+set -euo pipefail
+secret_arn='{database.secret_arn}'
+region='{region}'
+[ -n "$region" ] || region=$(cut -d: -f4 <<<"$secret_arn")
+umask 077
+install -d -m 0700 {SECRET_DIR}
+tmp=$(mktemp {SECRET_DIR}/.db-password.XXXXXX)
+trap 'rm -f "$tmp"' EXIT
+for attempt in $(seq 1 30); do
+  if aws secretsmanager get-secret-value --region "$region" --secret-id "$secret_arn" \\
+       --query SecretString --output text \\
+     | {PYTHON} -c 'import json, sys; sys.stdout.write(json.load(sys.stdin)["password"])' > "$tmp"; then
+    mv -f "$tmp" {PASSWORD_FILE}
+    exit 0
+  fi
+  echo "fetch-db-password: attempt $attempt failed; retrying" >&2
+  sleep 5
+done
+exit 1
+"""
+    unit = f"""# Rendered by app_tier/render.py
+[Unit]
+Description=Fetch the database password from Secrets Manager into {PASSWORD_FILE}
+After=network-online.target
+Wants=network-online.target
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart={FETCH_PASSWORD_SCRIPT}
+UMask=0077
+
+[Install]
+WantedBy=multi-user.target
+"""
+    return {
+        FETCH_PASSWORD_SCRIPT: ServerFile(script, mode="000700"),
+        f"{UNIT_DIR}/{FETCH_PASSWORD_UNIT}": ServerFile(unit),
+    }
+
+
+# --- nginx (stage 4) ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NginxPaths:
+    """The only things the lab changes in the nginx config: where nginx writes."""
+
+    pid: str = "/run/nginx.pid"
+    error_log: str = "/var/log/nginx/error.log"
+    access_log: str = "/var/log/nginx/access.log"
+    temp_dir: str = "/var/lib/nginx/tmp"  # Amazon Linux 2023's compiled-in default
+    user: str | None = "nginx"  # None: nginx's default (the lab)
+
+
+def nginx_config(layout: ServerLayout, paths: NginxPaths = NginxPaths(), *, listen_host: str | None = None) -> str:
+    """The whole nginx.conf for stage 4: nginx spreads requests over the loopback copies."""
+    _check(layout.stage == 4, "nginx runs in front of the copies in stage 4 only")
+    listen = f"{listen_host}:{layout.service_port}" if listen_host else str(layout.service_port)
+    # max_fails=0: a database outage makes every copy answer 503; with failure accounting nginx
+    # would mark them all down and answer 502 even to /health, and the ALB would drain every
+    # server at once. A dead copy costs one refused loopback connect, then the next copy serves.
+    servers = "\n".join(f"        server 127.0.0.1:{port} max_fails=0;" for port in layout.app_ports)
+    user = f"user {paths.user};\n" if paths.user else ""
+    return f"""# Rendered by app_tier/render.py: stage 4, nginx in front of {layout.processes} app copies.
+{user}worker_processes auto;
+pid {paths.pid};
+error_log {paths.error_log} warn;
+
+events {{
+    worker_connections 4096;
+}}
+
+http {{
+    server_tokens off;
+    log_format upstream '$remote_addr [$time_local] "$request" $status $body_bytes_sent '
+                        '$request_time upstream=$upstream_addr/$upstream_status/$upstream_response_time';
+    access_log {paths.access_log} upstream;
+    client_body_temp_path {paths.temp_dir}/client_body;
+    proxy_temp_path {paths.temp_dir}/proxy;
+    fastcgi_temp_path {paths.temp_dir}/fastcgi;
+    uwsgi_temp_path {paths.temp_dir}/uwsgi;
+    scgi_temp_path {paths.temp_dir}/scgi;
+
+    # Slow and oversized clients stop at nginx; a copy only ever sees a complete request.
+    client_header_timeout 10s;
+    client_body_timeout 10s;
+    send_timeout 10s;
+    client_header_buffer_size 1k;
+    large_client_header_buffers 4 8k;
+    client_max_body_size 1m;
+    # Longer than the ALB's idle timeout (60 s), so the ALB closes idle connections first.
+    keepalive_timeout 75s;
+
+    upstream app_copies {{
+{servers}
+        keepalive 32;
+        keepalive_timeout 60s;
+    }}
+
+    server {{
+        listen {listen} default_server;
+        server_name _;
+
+        proxy_http_version 1.1;
+        proxy_set_header Connection "";
+        proxy_set_header Host $host;
+        proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+        proxy_connect_timeout 1s;
+        proxy_read_timeout 30s;
+        # A copy that dies or restarts mid-request: retry an idempotent request on another copy.
+        # nginx never retries a non-idempotent one (POST) once it was sent, and tries each copy once.
+        proxy_next_upstream error timeout http_502 http_503;
+        proxy_next_upstream_tries 3;
+        proxy_next_upstream_timeout 10s;
+
+        location = {layout.health_path} {{
+            access_log off;
+            proxy_pass http://app_copies;
+        }}
+
+        location / {{
+            proxy_pass http://app_copies;
+        }}
+    }}
+}}
+"""
+
+
+# --- PostgreSQL -----------------------------------------------------------------------------
+
+
+def postgresql_conf(database: DatabaseEndpoint, *, listen_addresses: str = "*",
+                    hba_file: str = f"{PG_CONF_DIR}/pg_hba.conf",
+                    extra: Mapping[str, str] | None = None) -> str:
+    """Settings included from the data directory's postgresql.conf."""
+    settings = {
+        "listen_addresses": f"'{listen_addresses}'",
+        "port": str(database.port),
+        "password_encryption": "'scram-sha-256'",
+        "hba_file": f"'{hba_file}'",
+        **(extra or {}),
+    }
+    lines = ["# Rendered by app_tier/render.py"] + [f"{key} = {value}" for key, value in settings.items()]
+    return "\n".join(lines) + "\n"
+
+
+def postgresql_hba(database: DatabaseEndpoint, allowed_cidr: str, *, admin_role: str = "postgres") -> str:
+    _check(bool(_NO_QUOTES.match(allowed_cidr)), f"bad allowed_cidr {allowed_cidr!r}")
+    return f"""# Rendered by app_tier/render.py: the admin over the local socket, the app from its servers.
+# TYPE  DATABASE  USER  ADDRESS  METHOD
+local   all   {admin_role}   peer
+host    {database.name}   {database.user}   {allowed_cidr}   scram-sha-256
+"""
+
+
+def database_setup_sql(database: DatabaseEndpoint) -> str:
+    """Idempotent: the app role and database. The password arrives in the environment (psql 15+)."""
+    name, user = database.name, database.user
+    return f"""-- Rendered by app_tier/render.py; run with psql as the admin, ${PASSWORD_ENV} set.
+\\getenv password {PASSWORD_ENV}
+SELECT 'CREATE ROLE {user} LOGIN' WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{user}') \\gexec
+ALTER ROLE {user} WITH LOGIN PASSWORD :'password';
+SELECT 'CREATE DATABASE {name} OWNER {user}' WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = '{name}') \\gexec
+"""
+
+
+def database_server_packages(database: DatabaseEndpoint | None = None) -> list[str]:
+    packages = ["postgresql15-server"]
+    if database is None or database.secret_arn:
+        packages.append("awscli-2")
+    return packages
+
+
+def database_server_files(database: DatabaseEndpoint, allowed_cidr: str, *,
+                          listen_addresses: str = "*") -> dict[str, ServerFile]:
+    _check(bool(database.secret_arn), "the database server needs secret_arn: the app role's password")
+    setup = f"""#!/bin/bash
+# Rendered by app_tier/render.py: initialise PostgreSQL once, apply the webapp settings and set the
+# app role's password from the secret fetched at boot. Idempotent, so cfn-hup may run it again.
+set -euo pipefail
+data={PG_DATA_DIR}
+[ -s "$data/PG_VERSION" ] || postgresql-setup --initdb
+include="include '{PG_CONF_DIR}/postgresql.conf'"
+grep -qxF "$include" "$data/postgresql.conf" || echo "$include" >> "$data/postgresql.conf"
+systemctl enable postgresql.service
+systemctl restart postgresql.service
+systemctl start {FETCH_PASSWORD_UNIT}
+{PASSWORD_ENV}=$(cat {PASSWORD_FILE})
+export {PASSWORD_ENV}
+cd /
+runuser -u postgres -- psql --no-psqlrc -q -v ON_ERROR_STOP=1 -d postgres -f {PG_CONF_DIR}/setup.sql
+"""
+    files = {
+        f"{PG_CONF_DIR}/postgresql.conf": ServerFile(postgresql_conf(database, listen_addresses=listen_addresses)),
+        f"{PG_CONF_DIR}/pg_hba.conf": ServerFile(postgresql_hba(database, allowed_cidr), mode="000640",
+                                                 owner="postgres", group="postgres"),
+        f"{PG_CONF_DIR}/setup.sql": ServerFile(database_setup_sql(database)),
+        PG_SETUP_SCRIPT: ServerFile(setup, mode="000700"),
+    }
+    files.update(_password_fetch_files(database))
+    return files
+
+
+def database_server_commands(database: DatabaseEndpoint) -> list[tuple[str, str]]:
+    return [("10-database-setup", f"systemctl daemon-reload && {PG_SETUP_SCRIPT}")]
+
+
+def database_server_bootstrap(database: DatabaseEndpoint, allowed_cidr: str, *,
+                              listen_addresses: str = "*") -> ServerBootstrap:
+    return ServerBootstrap(database_server_packages(database),
+                           database_server_files(database, allowed_cidr, listen_addresses=listen_addresses),
+                           database_server_commands(database))
+
+
+def single_server_database(database: DatabaseEndpoint) -> ServerBootstrap:
+    """Stage 1: the same database setup on the app server itself, reachable on loopback only."""
+    _check(database.host in ("127.0.0.1", "localhost"), "stage 1's database host is 127.0.0.1")
+    return database_server_bootstrap(database, "127.0.0.1/32", listen_addresses="localhost")
+
+
+def single_server_bootstrap(layout: ServerLayout, database: DatabaseEndpoint) -> ServerBootstrap:
+    """Stage 1's whole server: the database first (its commands sort first), then the app."""
+    return single_server_database(database) + app_server_bootstrap(layout, database)

@@ -1,0 +1,111 @@
+"""A tiny process supervisor that plays systemd's part in the lab.
+
+Like a unit with Restart=always: each program runs in its own process group (its "control
+group"). When the main process dies, what it left behind (a gunicorn worker) gets SIGTERM, as
+systemd sends it, and finishes its in-flight requests; SIGKILL only after a timeout. Once the
+group is empty the program starts again after RestartSec (render.RESTART_DELAY_SEC).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from app_tier.render import RESTART_DELAY_SEC
+
+STOP_TIMEOUT_SEC = 10  # systemd's TimeoutStopSec, shorter for the lab
+
+
+def _kill_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _group_alive(pgid: int) -> bool:
+    """Any live (not zombie) process in the group? Orphans may stay zombies where PID 1 does not
+    reap them, so kill(pid, 0) cannot tell."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            state, _ppid, group = stat.read_text().rsplit(")", 1)[1].split()[:3]
+        except (OSError, IndexError):
+            continue
+        if int(group) == pgid and state != "Z":
+            return True
+    return False
+
+
+def _end_group(pgid: int, timeout_sec: float = STOP_TIMEOUT_SEC) -> None:
+    """SIGTERM the group, wait for it to empty, SIGKILL what is left after timeout_sec."""
+    _kill_group(pgid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_sec
+    while _group_alive(pgid):
+        if time.monotonic() > deadline:
+            _kill_group(pgid, signal.SIGKILL)
+            return
+        time.sleep(0.05)
+
+
+class Supervisor:
+    def __init__(self, programs: Mapping[str, Sequence[str]], *, env: Mapping[str, str], cwd: str | Path,
+                 log_dir: str | Path, restart_delay_sec: float = RESTART_DELAY_SEC) -> None:
+        self._programs = {name: list(argv) for name, argv in programs.items()}
+        self._env, self._cwd, self._log_dir = dict(env), str(cwd), Path(log_dir)
+        self._delay = restart_delay_sec
+        self._procs: dict[str, subprocess.Popen] = {}
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self.restarts = {name: 0 for name in self._programs}
+
+    def log_path(self, name: str) -> Path:
+        return self._log_dir / f"{name}.log"
+
+    def start(self) -> None:
+        self._log_dir.mkdir(parents=True, exist_ok=True)
+        for name in self._programs:
+            self._spawn(name)
+            thread = threading.Thread(target=self._watch, args=(name,), name=f"supervise-{name}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def _spawn(self, name: str) -> None:
+        with self._lock, open(self.log_path(name), "ab") as log:
+            if self._stopping.is_set():  # stop() already collected the processes to end
+                return
+            self._procs[name] = subprocess.Popen(
+                self._programs[name], env=self._env, cwd=self._cwd, stdin=subprocess.DEVNULL,
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def _watch(self, name: str) -> None:
+        while True:
+            proc = self._procs[name]
+            proc.wait()
+            _end_group(proc.pid)  # the rest of the "control group"
+            if self._stopping.wait(self._delay):
+                return
+            self.restarts[name] += 1
+            self._spawn(name)
+
+    def pids(self) -> dict[str, int]:
+        """Main process id of each program (what systemd calls MainPID)."""
+        with self._lock:
+            return {name: proc.pid for name, proc in self._procs.items()}
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopping.set()
+            procs = list(self._procs.values())
+        for proc in procs:
+            _kill_group(proc.pid, signal.SIGTERM)
+        for proc in procs:
+            _end_group(proc.pid)
+            proc.poll()
+        for thread in self._threads:
+            thread.join(timeout=2)

@@ -1,0 +1,149 @@
+"""The app tier for real: PostgreSQL, app copies and nginx on loopback, broken on purpose.
+
+One lab per layout, shared by the tests of this module: stage 4 (nginx in front of 3 copies)
+and stage 1 (the app alone). Each test leaves the lab as it found it.
+"""
+
+import json
+import os
+import signal
+import socket
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+from app_tier.lab import Lab, http_status, wait_for
+from app_tier.loadgen import Load
+
+pytestmark = pytest.mark.lab
+
+COPIES = 3
+CHEAP_WORK = "/work?n=2000"
+
+
+@pytest.fixture(scope="module", params=[4, 1], ids=["stage4", "stage1"])
+def lab(request, lab_tools):
+    with Lab(stage=request.param, processes=COPIES, port=0) as running:
+        yield running
+
+
+def get(url: str, headers: dict | None = None) -> tuple[int, dict]:
+    request = urllib.request.Request(url, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        body = error.read()
+        try:
+            return error.code, json.loads(body)
+        except ValueError:
+            return error.code, {"raw": body.decode(errors="replace")}
+
+
+def parent_pid(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[1])
+
+
+def test_every_copy_serves_under_steady_load(lab):
+    with Load(lab.url + CHEAP_WORK, connections=2 * lab.processes) as load:
+        wait_for(lambda: len(load.pids()) >= lab.processes, 10, "a response from every copy")
+        time.sleep(0.5)
+    assert not load.failures()
+    assert len(load.pids()) == lab.processes
+    # Every pid that answered belongs to one of the supervised copies.
+    assert {parent_pid(pid) for pid in load.pids()} == set(lab.app_pids())
+
+
+def test_root_reports_pid_hostname_stage_and_visits(lab):
+    status, first = get(lab.url + "/")
+    status2, second = get(lab.url + "/")
+    assert (status, status2) == (200, 200)
+    assert set(first) >= {"pid", "hostname", "stage", "visits"}
+    assert first["stage"] == str(lab.stage)
+    assert second["visits"] == first["visits"] + 1
+
+
+@pytest.mark.parametrize("lab", [4], indirect=True, ids=["stage4"])  # several copies: stage 4 only
+def test_killing_a_copy_under_load_fails_no_request(lab):
+    victim = lab.app_pids()[0]  # the copy's main process, the one systemd watches
+    restarts_before = lab.restarts()
+    with Load(lab.url + CHEAP_WORK, connections=4) as load:
+        wait_for(lambda: len(load.pids()) == lab.processes, 10, "every copy serving")
+        killed_at = time.monotonic()
+        os.kill(victim, signal.SIGKILL)
+        copy_health = lab.app_urls()[0] + "/health"
+        wait_for(lambda: lab.app_pids()[0] != victim and http_status(copy_health) == 200, 5,
+                 "the killed copy to serve again")
+        back_after = time.monotonic() - killed_at
+        time.sleep(0.5)
+    assert not load.failures(), load.failures()[:3]
+    assert len(load.responses) > 50
+    assert back_after < 5
+    assert lab.restarts() == restarts_before + 1
+    # The copy is back behind nginx too: every copy answers again.
+    with Load(lab.url + CHEAP_WORK, connections=2 * lab.processes) as load:
+        wait_for(lambda: len(load.pids()) == lab.processes, 5, "every copy serving after the restart")
+    assert not load.failures()
+
+
+def test_database_outage_keeps_liveness_and_recovers_without_restart(lab):
+    pids_before = lab.app_pids()
+    status, before = get(lab.url + "/")
+    assert status == 200
+    lab.stop_database()
+    try:
+        assert get(lab.url + "/health")[0] == 200
+        assert get(lab.url + "/ready")[0] == 503
+        status, body = get(lab.url + "/")
+        assert status == 503
+        assert body["error"] == "database unavailable"
+        assert "Traceback" not in json.dumps(body)
+    finally:
+        lab.start_database()
+    wait_for(lambda: http_status(lab.url + "/ready") == 200, 10, "/ready after the database is back")
+    status, after = get(lab.url + "/")
+    assert status == 200
+    assert after["visits"] == before["visits"] + 1  # nothing written before the outage was lost
+    assert lab.app_pids() == pids_before  # recovered by reconnecting, not by a restart
+
+
+@pytest.mark.parametrize("path, expected", [
+    ("/no/such/page", 404),
+    ("/work?n=abc", 400),
+    ("/work?n=-1", 400),
+    ("/work?n=999999999999", 400),
+])
+def test_bad_requests_get_a_4xx_json_answer(lab, path, expected):
+    status, body = get(lab.url + path)
+    assert status == expected
+    assert "error" in body
+
+
+def test_oversized_header_is_refused(lab):
+    status, _ = get(lab.url + "/", headers={"X-Big": "x" * 20_000})
+    assert status in (400, 431)
+    assert get(lab.url + "/health")[0] == 200
+
+
+def test_slow_clients_do_not_stop_the_copies(lab):
+    pids_before, restarts_before = lab.app_pids(), lab.restarts()
+    slow = []
+    try:
+        # More slow clients than a stage 1 copy has threads: nginx (stage 4) holds them all;
+        # the app alone (stage 1) holds 3 (with the slow body) and keeps a thread for everyone else.
+        for _ in range(2 if lab.stage == 1 else 20):
+            sock = socket.create_connection(("127.0.0.1", lab.port), timeout=5)
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: lab\r\nX-Slow: ")  # a header that never ends
+            slow.append(sock)
+        body = socket.create_connection(("127.0.0.1", lab.port), timeout=5)
+        body.sendall(b"POST / HTTP/1.1\r\nHost: lab\r\nContent-Length: 100000\r\n\r\nonly a little")
+        slow.append(body)
+        for _ in range(10):
+            assert get(lab.url + CHEAP_WORK)[0] == 200
+    finally:
+        for sock in slow:
+            sock.close()
+    assert lab.app_pids() == pids_before and lab.restarts() == restarts_before

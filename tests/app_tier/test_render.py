@@ -1,0 +1,185 @@
+"""render.py: pure functions whose output real tools accept (systemd-analyze verify, nginx -t)."""
+
+import dataclasses
+import os
+import pwd
+import re
+import shutil
+import stat
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from app_tier import render
+from app_tier.lab import find_nginx, free_port, nginx_command
+from app_tier.render import DatabaseEndpoint, ServerLayout
+
+TOKEN_HOST = "${Token[TOKEN.123]}"
+TOKEN_SECRET = "${Token[TOKEN.456]}"
+DATABASE = DatabaseEndpoint(host=TOKEN_HOST, secret_arn=TOKEN_SECRET)
+LOCAL_DATABASE = DatabaseEndpoint(host="127.0.0.1", secret_arn="arn:aws:secretsmanager:eu-west-1:123456789012:secret:db")
+
+
+def every_rendered_file(layout: ServerLayout) -> dict[str, render.ServerFile]:
+    files = dict(render.app_server_files(layout, DATABASE))
+    files.update(render.database_server_files(DATABASE, "10.0.0.0/16"))
+    return files
+
+
+@pytest.mark.parametrize("stage", [1, 2, 3, 4])
+def test_tokens_pass_through_unchanged_and_no_password_is_rendered(stage, monkeypatch):
+    # A password in this process's environment must not leak into anything rendered.
+    monkeypatch.setenv("DB_PASSWORD", "hunter2-in-the-environment")
+    monkeypatch.setenv(render.PASSWORD_ENV, "hunter2-in-the-environment")
+    files = every_rendered_file(ServerLayout(stage=stage, processes=2))
+    text = "\n".join(f.content for f in files.values())
+    assert f"DB_HOST={TOKEN_HOST}\n" in files[render.ENV_FILE].content
+    assert f"secret_arn='{TOKEN_SECRET}'" in files[render.FETCH_PASSWORD_SCRIPT].content
+    assert "hunter2" not in text
+    assert not re.search(r"(?<![A-Z_])DB_PASSWORD=", text)  # only ever DB_PASSWORD_FILE
+
+
+def test_rendering_is_pure():
+    layout = ServerLayout(stage=4, processes=3)
+    assert every_rendered_file(layout) == every_rendered_file(layout)
+    assert render.app_server_commands(layout) == render.app_server_commands(layout)
+    assert layout == ServerLayout(stage=4, processes=3)
+
+
+def test_stages_1_to_3_run_one_process_and_stage_4_one_port_per_copy():
+    assert ServerLayout(stage=2, processes=8).processes == 1
+    assert ServerLayout(stage=4, processes=3).app_ports == [8001, 8002, 8003]
+    assert render.app_units(ServerLayout(stage=4, processes=2)) == ["app@8001.service", "app@8002.service"]
+    assert render.app_binds(ServerLayout(stage=1, processes=1)) == ["0.0.0.0:80"]
+    for bad in ({"stage": 5, "processes": 1}, {"stage": 4, "processes": 0},
+                {"stage": 4, "processes": 2, "service_port": 8002},
+                {"stage": 4, "processes": 1, "start_command": "myapp --port 8000"}):
+        with pytest.raises(ValueError):
+            ServerLayout(**bad)
+
+
+def test_one_start_command_swaps_the_app():
+    layout = ServerLayout(stage=4, processes=2, start_command="/opt/webapp/venv/bin/myapp --listen {bind} --fmt 50%")
+    unit = render.app_server_files(layout, DATABASE)[f"{render.UNIT_DIR}/app@.service"].content
+    assert "ExecStart=/opt/webapp/venv/bin/myapp --listen 127.0.0.1:%i --fmt 50%%\n" in unit
+    assert render.app_start_command(layout, "127.0.0.1:8002") == "/opt/webapp/venv/bin/myapp --listen 127.0.0.1:8002 --fmt 50%"
+
+
+def test_stage_4_nginx_spreads_over_every_copy_and_retries():
+    conf = render.nginx_config(ServerLayout(stage=4, processes=3))
+    for port in (8001, 8002, 8003):
+        assert f"server 127.0.0.1:{port} max_fails=0;" in conf
+    assert "proxy_next_upstream error timeout http_502 http_503;" in conf
+    assert "listen 80 default_server;" in conf
+    assert "server_tokens off;" in conf
+
+
+def test_stage_1_server_has_database_then_app_with_shared_secret_fetch_once():
+    layout = ServerLayout(stage=1, processes=1)
+    server = render.single_server_bootstrap(layout, LOCAL_DATABASE)
+    names = [name for name, _ in server.commands]
+    assert names == sorted(names) and names[0] == "10-database-setup"
+    assert "postgresql15-server" in server.packages and server.packages.count("awscli-2") == 1
+    assert "127.0.0.1/32" in server.files[f"{render.PG_CONF_DIR}/pg_hba.conf"].content
+    assert "listen_addresses = 'localhost'" in server.files[f"{render.PG_CONF_DIR}/postgresql.conf"].content
+    unit = server.files[f"{render.UNIT_DIR}/app.service"].content
+    assert "AmbientCapabilities=CAP_NET_BIND_SERVICE" in unit
+    assert f"LoadCredential=db-password:{render.PASSWORD_FILE}" in unit
+    assert server.files[render.FETCH_PASSWORD_SCRIPT].mode == "000700"
+
+
+# --- the rendered files, checked by the tools that will read them -------------------------
+
+
+def write_tree(root: Path, files: dict[str, render.ServerFile]) -> None:
+    for path, file in files.items():
+        target = root / path.lstrip("/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(file.content)
+        target.chmod(int(file.mode, 8))
+
+
+@pytest.mark.parametrize("stage", [1, 4])
+def test_rendered_units_pass_systemd_analyze_verify(stage, tmp_path, systemd_analyze):
+    layout = ServerLayout(stage=stage, processes=2)
+    files = render.app_server_files(layout, LOCAL_DATABASE)
+    write_tree(tmp_path, files)
+    # What a server has by the time the units start: systemd's own units, and the app's venv
+    # (created by the rendered commands; a stand-in executable here).
+    shutil.copytree("/usr/lib/systemd/system", tmp_path / "usr/lib/systemd/system", symlinks=True)
+    gunicorn = tmp_path / layout.app_root.lstrip("/") / "venv/bin/gunicorn"
+    gunicorn.parent.mkdir(parents=True)
+    gunicorn.write_text("#!/bin/sh\n")
+    gunicorn.chmod(stat.S_IRWXU)
+    units = render.app_units(layout) + [render.FETCH_PASSWORD_UNIT]
+    result = subprocess.run([systemd_analyze, "verify", f"--root={tmp_path}", *units],
+                            check=False, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == "", result.stderr  # warnings (unknown keys, bad values) count too
+
+
+@pytest.fixture(scope="module")
+def nginx(lab_tools):
+    return find_nginx()
+
+
+def nginx_test(conf: Path, error_log: str, user: dict) -> subprocess.CompletedProcess:
+    return subprocess.run(nginx_command(conf, error_log) + ["-t"], check=False, capture_output=True, text=True,
+                          **user)
+
+
+def test_lab_nginx_config_passes_nginx_t(tmp_path, nginx):
+    layout = ServerLayout(stage=4, processes=2, service_port=18080)
+    paths = render.NginxPaths(pid=str(tmp_path / "nginx.pid"), error_log=str(tmp_path / "error.log"),
+                              access_log=str(tmp_path / "access.log"), temp_dir=str(tmp_path), user=None)
+    conf = tmp_path / "nginx.conf"
+    conf.write_text(render.nginx_config(layout, paths, listen_host="127.0.0.1"))
+    result = nginx_test(conf, paths.error_log, {})
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.fixture
+def unprivileged_dir():
+    """A directory nobody can use when the tests run as root (pytest's tmp_path is root-only)."""
+    path = Path(tempfile.mkdtemp(prefix="render-test-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def test_server_nginx_config_passes_nginx_t_under_a_prefix(unprivileged_dir, nginx):
+    """The server's config, except that its paths move under a prefix and it listens on a free
+    port: `nginx -t` binds the listen address, and port 80 needs root."""
+    prefix = unprivileged_dir
+    conf_text = render.nginx_config(ServerLayout(stage=4, processes=4, service_port=free_port()))
+    for field in dataclasses.fields(render.NginxPaths):
+        value = getattr(render.NginxPaths(), field.name)
+        if field.name != "user":
+            conf_text = conf_text.replace(f" {value}", f" {prefix}{value}")
+            directory = Path(f"{prefix}{value}")  # the package creates these on a server
+            (directory if field.name == "temp_dir" else directory.parent).mkdir(parents=True, exist_ok=True)
+    conf = prefix / "nginx.conf"
+    conf.write_text(conf_text)
+    # Run as an unprivileged user: nginx then ignores `user nginx;` (no such user here) with a
+    # warning, where root would fail looking it up.
+    user = {}
+    if os.geteuid() == 0:
+        nobody = pwd.getpwnam("nobody")
+        user = {"user": nobody.pw_uid, "group": nobody.pw_gid, "extra_groups": []}
+        for path in [prefix, *prefix.rglob("*")]:
+            os.chown(path, nobody.pw_uid, nobody.pw_gid)
+    result = nginx_test(conf, f"{prefix}{render.NginxPaths().error_log}", user)
+    assert result.returncode == 0, result.stderr
+    assert "test is successful" in result.stderr
+
+
+def test_sample_app_pins_are_the_ones_the_lab_runs():
+    """Servers install sample_app/requirements.txt; the lab runs the project venv (requirements-dev.txt)."""
+    def pins(path: Path) -> set[str]:
+        return {line.split("#")[0].strip() for line in path.read_text().splitlines()
+                if "==" in line and not line.lstrip().startswith("#")}
+
+    app_pins = pins(render.APP_SOURCE_DIR / "requirements.txt")
+    assert app_pins and app_pins <= pins(Path(__file__).parents[2] / "requirements-dev.txt")
