@@ -7,11 +7,10 @@ Lambda-backed custom resource follow the environment's [emulator] settings.
 
 import sys
 
-from aws_cdk import App, Validations
-from cdk_nag import AwsSolutionsChecks
+from aws_cdk import App
 
 from envconfig import ConfigError, load_environments
-from stacks.web_service import WebServiceStack
+from stacks import add_environments
 
 
 def main() -> None:
@@ -26,9 +25,7 @@ def main() -> None:
         # One clear message per problem, no traceback, nothing synthesized.
         print("Config error:\n  " + "\n  ".join(err.problems), file=sys.stderr)
         sys.exit(1)
-    for config in configs:
-        WebServiceStack(app, config=config, target=target)
-    Validations.of(app).add_plugins(AwsSolutionsChecks(app))
+    add_environments(app, configs, target=target)
     app.synth()
 
 

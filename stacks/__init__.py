@@ -1,0 +1,16 @@
+"""Per-environment stacks, and the one function that puts them (and cdk-nag) into an app."""
+
+from __future__ import annotations
+
+from aws_cdk import App, Validations
+from cdk_nag import AwsSolutionsChecks
+
+from envconfig import EnvironmentConfig
+from stacks.web_service import WebServiceStack
+
+
+def add_environments(app: App, configs: list[EnvironmentConfig], *, target: str = "aws") -> dict[str, WebServiceStack]:
+    """One stack per environment, with cdk-nag's AwsSolutions checks run on every synth."""
+    stacks = {config.name: WebServiceStack(app, config=config, target=target) for config in configs}
+    Validations.of(app).add_plugins(AwsSolutionsChecks(app))
+    return stacks

@@ -1,0 +1,69 @@
+"""Construct IDs are a contract: a refactor must not replace a VPC, a database or a bucket.
+
+If this test fails, a change renamed a stateful resource's logical ID and CloudFormation
+would replace it (new VPC, new empty database, new bucket). Do not update the pins unless
+that replacement is intended and a migration is written down.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from cfn import path_of
+
+STATEFUL_TYPES = {
+    "AWS::EC2::VPC", "AWS::RDS::DBInstance", "AWS::EC2::Volume", "AWS::S3::Bucket",
+    "AWS::SecretsManager::Secret", "AWS::KMS::Key", "AWS::EC2::EIP", "AWS::Logs::LogGroup",
+}
+
+PINNED = {
+    "dev": {
+        "NetworkVpc7FB7348F": "Network/Vpc/Resource",
+        "NetworkFlowLogs2BEC3212": "Network/FlowLogs/Resource",
+        "AlarmTopicKey57B0D3A7": "AlarmTopicKey/Resource",
+        "ServiceDatabaseSecret176BF66F": "Service/DatabaseSecret/Resource",
+        "ServiceAppServerElasticIpEC472C3E": "Service/AppServer/ElasticIp",
+    },
+    "staging": {
+        "NetworkVpc7FB7348F": "Network/Vpc/Resource",
+        "NetworkFlowLogs2BEC3212": "Network/FlowLogs/Resource",
+        "AlarmTopicKey57B0D3A7": "AlarmTopicKey/Resource",
+        "ServiceDatabaseSecret18A24063": "Service/Database/Secret/Resource",
+        "ServiceDatabaseData134234E8": "Service/Database/Data/Resource",
+        "NetworkVpcPublicSubnet1EIPE0D52090": "Network/Vpc/PublicSubnet1/EIP",
+        "ServiceLoadBalancerAccessLogsAudit4E09E458": "Service/LoadBalancer/AccessLogsAudit/Resource",
+        "ServiceLoadBalancerAccessLogsDE1D0C2B": "Service/LoadBalancer/AccessLogs/Resource",
+    },
+    "prod": {
+        "NetworkVpc7FB7348F": "Network/Vpc/Resource",
+        "NetworkFlowLogs2BEC3212": "Network/FlowLogs/Resource",
+        "AlarmTopicKey57B0D3A7": "AlarmTopicKey/Resource",
+        "ServiceDatabaseSecret18A24063": "Service/Database/Secret/Resource",
+        "ServiceDatabaseInstance13D659BC": "Service/Database/Instance/Resource",
+        "NetworkVpcPublicSubnet1EIPE0D52090": "Network/Vpc/PublicSubnet1/EIP",
+        "NetworkVpcPublicSubnet2EIP24F41572": "Network/Vpc/PublicSubnet2/EIP",
+        "ServiceLoadBalancerAccessLogsAudit4E09E458": "Service/LoadBalancer/AccessLogsAudit/Resource",
+        "ServiceLoadBalancerAccessLogsDE1D0C2B": "Service/LoadBalancer/AccessLogs/Resource",
+    },
+}
+
+
+@pytest.mark.parametrize("env", sorted(PINNED))
+def test_stateful_logical_ids_are_pinned(synthesized_templates, env):
+    template = synthesized_templates[env]
+    stack = f"staged-web-{env}/"
+    actual = {lid: path_of(r).removeprefix(stack) for lid, r in template["Resources"].items()
+              if r["Type"] in STATEFUL_TYPES}
+    pinned = PINNED[env]
+    missing = {lid: path for lid, path in pinned.items() if actual.get(lid) != path}
+    assert not missing, f"stateful resources renamed or gone (would be replaced): {missing}"
+    unpinned = set(actual) - set(pinned)
+    assert not unpinned, f"new stateful resources: pin their logical IDs here: {sorted(unpinned)}"
+
+
+def test_moving_from_stage_3_to_4_keeps_every_stateful_resource(synthesized_templates):
+    """Stages share construct IDs, so growing the layout replaces no data."""
+    def stateful(env):
+        return {lid for lid, r in synthesized_templates[env]["Resources"].items()
+                if r["Type"] in STATEFUL_TYPES - {"AWS::RDS::DBInstance", "AWS::EC2::Volume", "AWS::EC2::EIP"}}
+    assert stateful("staging") == stateful("prod")
