@@ -327,7 +327,8 @@ def main(argv: list[str] | None = None) -> int:
         for message in missing:
             print(f"lab: {message}", file=sys.stderr)
         return 2
-    signal.signal(signal.SIGTERM, _interrupt)
+    for signum in (signal.SIGINT, signal.SIGTERM):  # SIGINT too: a background job starts with it ignored
+        signal.signal(signum, _interrupt)
     try:
         with Lab(stage=args.stage, processes=args.processes, port=args.port) as lab:
             front = "nginx" if lab.stage == 4 else "the app itself"

@@ -40,6 +40,19 @@ def run_wrk(url: str, seconds: int, connections: int) -> dict[str, float]:
             "p50_ms": _ms(percentiles["50"]), "p99_ms": _ms(percentiles["99"]), "failed": failed}
 
 
+def busy_cpu_fraction(seconds: float = 2) -> float:
+    """How busy the CPUs are before the run: other work on the machine skews every figure."""
+    def sample() -> tuple[int, int]:
+        with open("/proc/stat") as stat:
+            values = [int(v) for v in stat.readline().split()[1:]]
+        return sum(values), values[3] + values[4]  # total, idle + iowait
+
+    total0, idle0 = sample()
+    time.sleep(seconds)
+    total1, idle1 = sample()
+    return 1 - (idle1 - idle0) / max(1, total1 - total0)
+
+
 def run_python(url: str, seconds: int, connections: int) -> dict[str, float]:
     with Load(url, connections=connections) as load:
         time.sleep(seconds)
@@ -60,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     run, tool = (run_wrk, "wrk") if shutil.which("wrk") else (run_python, "app_tier.loadgen (wrk not found)")
     connections = args.connections or 4 * args.processes
     work = f"/work?n={args.n}"
+    busy = busy_cpu_fraction()
     rows = []
     with Lab(stage=4, processes=args.processes, port=0) as lab:
         one_copy = lab.app_urls()[0]
@@ -73,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"bench: {label} for {args.seconds} s ...", file=sys.stderr)
             rows.append((label, conns, run(url, args.seconds, conns)))
     a, b, direct, proxied = (row[2] for row in rows)
-    print(f"\nLoad benchmark: {os.cpu_count()} cores, {tool}, {args.seconds} s per case\n")
+    print(f"\nLoad benchmark: {os.cpu_count()} cores, {tool}, {args.seconds} s per case; "
+          f"CPU already busy with other work before the run: {busy:.0%}\n")
     print("| case | connections | requests/s | p50 ms | p99 ms | failed |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
     for label, conns, r in rows:

@@ -14,6 +14,7 @@ import urllib.request
 
 import pytest
 
+from app_tier import lab as lab_module
 from app_tier.lab import Lab, http_status, wait_for
 from app_tier.loadgen import Load
 
@@ -147,3 +148,12 @@ def test_slow_clients_do_not_stop_the_copies(lab):
         for sock in slow:
             sock.close()
     assert lab.app_pids() == pids_before and lab.restarts() == restarts_before
+
+
+def test_lab_says_which_package_to_install_when_a_tool_is_missing(monkeypatch, capsys):
+    # No tool can be uninstalled for a test; make the lab's lookups find nothing instead.
+    monkeypatch.setattr(lab_module, "find_nginx", lambda: None)
+    monkeypatch.setattr(lab_module, "find_postgres_bin", lambda: None)
+    assert lab_module.main(["--stage", "4", "--port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "install the nginx package" in err and "postgresql-15" in err

@@ -101,6 +101,7 @@ def write_tree(root: Path, files: dict[str, render.ServerFile]) -> None:
         target.chmod(int(file.mode, 8))
 
 
+@pytest.mark.lab
 @pytest.mark.parametrize("stage", [1, 4])
 def test_rendered_units_pass_systemd_analyze_verify(stage, tmp_path, systemd_analyze):
     layout = ServerLayout(stage=stage, processes=2)
@@ -130,6 +131,7 @@ def nginx_test(conf: Path, error_log: str, user: dict) -> subprocess.CompletedPr
                           **user)
 
 
+@pytest.mark.lab
 def test_lab_nginx_config_passes_nginx_t(tmp_path, nginx):
     layout = ServerLayout(stage=4, processes=2, service_port=18080)
     paths = render.NginxPaths(pid=str(tmp_path / "nginx.pid"), error_log=str(tmp_path / "error.log"),
@@ -149,6 +151,7 @@ def unprivileged_dir():
     shutil.rmtree(path, ignore_errors=True)
 
 
+@pytest.mark.lab
 def test_server_nginx_config_passes_nginx_t_under_a_prefix(unprivileged_dir, nginx):
     """The server's config, except that its paths move under a prefix and it listens on a free
     port: `nginx -t` binds the listen address, and port 80 needs root."""
