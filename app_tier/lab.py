@@ -72,17 +72,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def port_is_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
 def free_port_range(count: int, attempts: int = 100) -> int:
     """First of `count` consecutive free loopback ports (stage 4 copies use first_app_port+i)."""
     for _ in range(attempts):
         first = secrets.randbelow(50000 - count) + 10000
-        try:
-            for port in range(first, first + count):
-                with socket.socket() as s:
-                    s.bind(("127.0.0.1", port))
+        if all(port_is_free(port) for port in range(first, first + count)):
             return first
-        except OSError:
-            continue
     raise RuntimeError(f"no {count} consecutive free ports found")
 
 
@@ -224,6 +228,8 @@ class Lab:
         missing = missing_tools(self.stage)
         if missing:
             raise RuntimeError("; ".join(missing))
+        if not port_is_free(self.port):
+            raise RuntimeError(f"port {self.port} is already in use: choose another with --port (0: any free port)")
         venv_bin = Path(sys.prefix, "bin")
         self.dir = Path(tempfile.mkdtemp(prefix="webapp-lab-"))
         self.dir.chmod(0o755)  # the unprivileged database user must reach its directory
@@ -342,6 +348,9 @@ def main(argv: list[str] | None = None) -> int:
                 time.sleep(3600)
     except KeyboardInterrupt:
         print("\nlab: stopped")
+    except (RuntimeError, TimeoutError) as error:
+        print(f"lab: {error}", file=sys.stderr)
+        return 1
     return 0
 
 
