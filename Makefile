@@ -61,3 +61,11 @@ lab: setup
 
 bench-load: setup
 	$(PY) -m bench.load
+
+# --- cost and diagrams ---
+# Both read the synthesized templates (cdk.out), synthesizing first when they are older than the code.
+cost: setup
+	$(PY) -m tools.cost $(if $(ENV),--env $(ENV),)
+
+diagrams: setup
+	$(PY) -m tools.diagrams $(if $(ENV),--env $(ENV),)
