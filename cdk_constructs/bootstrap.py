@@ -30,23 +30,28 @@ def _config(packages: list[str], files: dict[str, render.ServerFile], commands: 
 def app_server_init(layout: render.ServerLayout, database: render.DatabaseEndpoint, *,
                     local_database: render.DatabaseEndpoint | None = None,
                     local_database_cidr: str = "127.0.0.1/32",
-                    in_place_updates: bool = False) -> ec2.CloudFormationInit:
-    """The app tier of one server; with `local_database`, PostgreSQL on the same host (stage 1)."""
-    configs: dict[str, ec2.InitConfig] = {}
+                    in_place_updates: bool = False,
+                    agent: ec2.InitConfig | None = None) -> ec2.CloudFormationInit:
+    """The app tier of one server; with `local_database`, PostgreSQL on the same host (stage 1).
+
+    `agent` (the CloudWatch agent) goes first, so a server that fails later still ships its logs."""
+    configs: dict[str, ec2.InitConfig] = {"agent": agent} if agent else {}
     if local_database is not None:
         configs["database"] = _config(render.database_server_packages(),
                                       render.database_server_files(local_database, local_database_cidr),
                                       render.database_server_commands(local_database))
     app_source = ec2.InitSource.from_asset(f"{layout.app_root}/app", str(render.APP_SOURCE_DIR))
-    configs["app"] = _config(render.app_server_packages(layout), render.app_server_files(layout, database),
+    configs["app"] = _config(render.app_server_packages(layout, database=database),
+                             render.app_server_files(layout, database),
                              render.app_server_commands(layout), sources=[app_source])
     return _init(configs, in_place_updates)
 
 
 def database_server_init(database: render.DatabaseEndpoint, *, allowed_cidr: str,
-                         before: list[tuple[str, str]] = (), in_place_updates: bool = False) -> ec2.CloudFormationInit:
+                         before: list[tuple[str, str]] = (), in_place_updates: bool = False,
+                         agent: ec2.InitConfig | None = None) -> ec2.CloudFormationInit:
     """PostgreSQL on its own server; `before` runs first (e.g. attaching the data volume)."""
-    configs = {}
+    configs: dict[str, ec2.InitConfig] = {"agent": agent} if agent else {}
     if before:
         configs["storage"] = _config([], {}, list(before))
     configs["database"] = _config(render.database_server_packages(),

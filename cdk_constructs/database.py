@@ -15,6 +15,7 @@ from constructs import Construct
 from app_tier import render
 from cdk_constructs import bootstrap
 from cdk_constructs.nag import acknowledge
+from cdk_constructs.observability import ServerLogs
 from cdk_constructs.server import BOOT_SIGNAL_TIMEOUT, KeyPairChoice, ServerRole, root_volume
 
 DATA_DEVICE = "/dev/sdf"
@@ -32,7 +33,7 @@ class Database(Construct):
                  subnets: ec2.SubnetSelection, instance_type: str, machine_image: ec2.IMachineImage,
                  storage_gib: int, name: str, user: str, port: int, removal_policy: RemovalPolicy,
                  protect: bool, backup_retention_days: int, key_pair: KeyPairChoice | None = None,
-                 multi_az: bool = False) -> None:
+                 multi_az: bool = False, server_logs: ServerLogs | None = None) -> None:
         super().__init__(scope, construct_id)
         self.kind = kind
         self.port = port
@@ -54,7 +55,8 @@ class Database(Construct):
         else:
             self._build_ec2(vpc=vpc, subnets=subnets, instance_type=instance_type, machine_image=machine_image,
                             storage_gib=storage_gib, name=name, user=user, port=port, region=region,
-                            removal_policy=removal_policy, protect=protect, key_pair=key_pair)
+                            removal_policy=removal_policy, protect=protect, key_pair=key_pair,
+                            server_logs=server_logs)
             host = self.server.instance_private_ip
         self.endpoint = render.DatabaseEndpoint(host=host, port=port, name=name, user=user,
                                                 secret_arn=self.secret.secret_arn, region=region)
@@ -84,7 +86,7 @@ class Database(Construct):
         self.data_volume = None
 
     def _build_ec2(self, *, vpc, subnets, instance_type, machine_image, storage_gib, name, user, port, region,
-                   removal_policy, protect, key_pair) -> None:
+                   removal_policy, protect, key_pair, server_logs) -> None:
         self.instance = None
         # The data lives on its own volume so that replacing the server (a new AMI, a bigger
         # type) never replaces the data, and AWS Backup can snapshot just the data.
@@ -125,8 +127,11 @@ class Database(Construct):
             f"grep -q '{DATA_MOUNT} ' /etc/fstab || echo '{DATA_DEVICE} {DATA_MOUNT} xfs defaults,nofail 0 2' >> /etc/fstab; "
             f"mountpoint -q {DATA_MOUNT} || mount {DATA_MOUNT}",
         )
+        agent = server_logs.agent_init(mount_points=["/", DATA_MOUNT]) if server_logs else None
         init = bootstrap.database_server_init(self.endpoint_for_server, allowed_cidr=allowed_cidr, before=[attach],
-                                             in_place_updates=True)
+                                             in_place_updates=True, agent=agent)
+        if server_logs:
+            server_logs.grant(self.role, server="Database")
         bootstrap.apply_with_in_place_updates(self.server, init, signal_timeout=BOOT_SIGNAL_TIMEOUT)
 
     def grant_connect(self, grantee: iam.IGrantable) -> None:

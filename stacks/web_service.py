@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-from aws_cdk import Environment, Stack, Tags
+from aws_cdk import Environment, RemovalPolicy, Stack, Tags
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_logs as logs
 from aws_cdk import aws_sns as sns
+from aws_cdk import aws_sns_subscriptions as subscriptions
 from constructs import Construct
 
+from cdk_constructs.backup import DataBackup
+from cdk_constructs.monitoring import ServiceMonitoring
 from cdk_constructs.network import RETENTION_DAYS, Network
+from cdk_constructs.observability import ServerLogs
 from cdk_constructs.stages import STAGES
 from envconfig import EnvironmentConfig
 
@@ -35,9 +39,22 @@ class WebServiceStack(Stack):
             flow_log_retention=RETENTION_DAYS[config.network.flow_log_retention_days],
             restrict_default_security_group=custom_resources)
         self.alarm_topic = self._alarm_topic()
+        if config.operations.alarm_email:
+            self.alarm_topic.add_subscription(subscriptions.EmailSubscription(config.operations.alarm_email))
+        stateful_removal = RemovalPolicy.RETAIN if config.is_production else RemovalPolicy.DESTROY
+        self.server_logs = ServerLogs(self, "Logs", prefix=config.stack_name,
+                                      retention_days=config.operations.log_retention_days,
+                                      removal_policy=stateful_removal)
         self.service = STAGES[int(config.stage)](
             self, "Service", config=config, network=self.network, notifications=self.alarm_topic,
-            custom_resources_allowed=custom_resources)
+            server_logs=self.server_logs, custom_resources_allowed=custom_resources)
+        self.monitoring = ServiceMonitoring(self, "Monitoring", name=config.stack_name, topic=self.alarm_topic)
+        self.service.watch(self.monitoring)
+        backed_up = self.service.backed_up_resources()
+        if backed_up:
+            self.backup = DataBackup(self, "Backup", resources=backed_up,
+                                     retention_days=config.operations.backup_retention_days,
+                                     removal_policy=stateful_removal)
 
     @property
     def availability_zones(self) -> list[str]:

@@ -221,9 +221,11 @@ def test_vpc_spans_the_configured_zones_with_flow_logs(synthesized_templates, cd
 
 @pytest.mark.parametrize("env", ALL)
 def test_servers_use_session_manager_without_managed_policies(synthesized_templates, env):
-    for role in resources(synthesized_templates[env], "AWS::IAM::Role").values():
-        assert "ManagedPolicyArns" not in role["Properties"] or "Lambda" in path_of(role) \
-            or "CustomResourceProvider" in path_of(role)
+    server_roles = [r for r in resources(synthesized_templates[env], "AWS::IAM::Role").values()
+                    if "/Service/" in path_of(r) and path_of(r).endswith("/Role/Resource/Resource")]
+    assert server_roles
+    for role in server_roles:
+        assert "ManagedPolicyArns" not in role["Properties"], path_of(role)
     ssm = [p for p in resources(synthesized_templates[env], "AWS::IAM::Policy").values()
            if path_of(p).endswith("SessionManager/Resource")]
     assert ssm and all("ssmmessages:OpenDataChannel" in json.dumps(p) for p in ssm)

@@ -7,7 +7,9 @@ from aws_cdk import aws_sns as sns
 from constructs import Construct
 
 from app_tier import render
+from cdk_constructs.monitoring import ServiceMonitoring
 from cdk_constructs.network import Network
+from cdk_constructs.observability import ServerLogs
 from cdk_constructs.server import KeyPairChoice, machine_image
 from envconfig import EnvironmentConfig
 
@@ -23,9 +25,11 @@ class StageBase(Construct):
     """
 
     def __init__(self, scope: Construct, construct_id: str, *, config: EnvironmentConfig, network: Network,
-                 notifications: sns.ITopic, custom_resources_allowed: bool = True) -> None:
+                 notifications: sns.ITopic, server_logs: ServerLogs,
+                 custom_resources_allowed: bool = True) -> None:
         super().__init__(scope, construct_id)
         self.config = config
+        self.server_logs = server_logs
         self.custom_resources_allowed = custom_resources_allowed
         self.network = network
         self.notifications = notifications
@@ -52,6 +56,14 @@ class StageBase(Construct):
                       description="SSM parameter holding the created key pair's private key").override_logical_id(
                           "KeyPairParameter")
         self.url = url
+
+    def watch(self, monitoring: ServiceMonitoring) -> None:
+        """Add this stage's servers and database to the dashboard and alarms."""
+        raise NotImplementedError
+
+    def backed_up_resources(self) -> list:
+        """What AWS Backup snapshots daily (data that no managed service backs up)."""
+        return []
 
     @property
     def region(self) -> str:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from aws_cdk import aws_backup as backup
+
 from cdk_constructs import bootstrap
 from cdk_constructs.app_servers import AppServer
-from cdk_constructs.database import Database
+from cdk_constructs.database import DATA_MOUNT, Database
 from cdk_constructs.stages.base import StageBase
 
 
@@ -19,13 +21,29 @@ class DatabaseStage(StageBase):
             storage_gib=cfg.database.storage_gib, name=cfg.database.name, user=cfg.database.user,
             port=cfg.database.port, removal_policy=self.removal_policy, protect=self.protect,
             backup_retention_days=cfg.operations.backup_retention_days, key_pair=self.key_pair,
-            multi_az=self.protect and cfg.database.kind == "rds")
+            multi_az=self.protect and cfg.database.kind == "rds", server_logs=self.server_logs)
         self.database_secret = self.database.secret
         return self.database
 
     def connect_database(self, app_servers) -> None:
         self.database.connections.allow_default_port_from(app_servers.connections, "PostgreSQL from the app servers only")
         self.database.grant_connect(app_servers.role)
+
+    def app_agent(self):
+        return self.server_logs.agent_init(mount_points=["/"])
+
+    def watch_database(self, monitoring) -> None:
+        if self.database.kind == "rds":
+            monitoring.watch_rds(self.database.instance)
+        else:
+            instance_id = self.database.server.instance_id
+            monitoring.watch_servers("Database server", dimensions={"InstanceId": instance_id},
+                                     disk_paths={"Root": "/", "Data": DATA_MOUNT}, instance_id=instance_id)
+
+    def backed_up_resources(self) -> list:
+        if self.database.kind == "rds":
+            return []
+        return [backup.BackupResource.from_construct(self.database.data_volume)]
 
 
 class SeparateDatabase(DatabaseStage):
@@ -39,9 +57,17 @@ class SeparateDatabase(DatabaseStage):
         self.app_servers = AppServer(
             self, "AppServer", vpc=self.network.vpc, subnets=self.network.public_subnets,
             instance_type=cfg.servers.instance_type, machine_image=self.machine_image,
-            init=bootstrap.app_server_init(layout, database.endpoint, in_place_updates=True),
+            init=bootstrap.app_server_init(layout, database.endpoint, in_place_updates=True,
+                                           agent=self.app_agent()),
             service_port=layout.service_port, key_pair=self.key_pair, admin_cidrs=cfg.access.admin_cidrs,
             protect=self.protect, root_volume_gib=cfg.servers.root_volume_gib)
         self.connect_database(self.app_servers)
+        self.server_logs.grant(self.app_servers.role, server="AppServer")
         self.add_outputs(url=self.app_servers.url,
                          session_manager_command=self.app_servers.session_manager_command(self.region))
+
+    def watch(self, monitoring) -> None:
+        instance_id = self.app_servers.instance.instance_id
+        monitoring.watch_servers("App server", dimensions={"InstanceId": instance_id},
+                                 disk_paths={"Root": "/"}, instance_id=instance_id)
+        self.watch_database(monitoring)

@@ -1,0 +1,171 @@
+"""Operating the service: alarms and dashboard, logs, backups and retention, scaling, and
+rolling out an app change without touching anything stateful."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from app_tier import render
+from cfn import path_of, resources
+from conftest import build_app
+from envconfig import load_environment
+from test_logical_ids import STATEFUL_TYPES
+
+
+def _alarms(template: dict) -> dict[str, dict]:
+    return {r["Properties"]["AlarmName"]: r["Properties"] for r in resources(template, "AWS::CloudWatch::Alarm").values()}
+
+
+def test_prod_alarms_cover_errors_health_latency_cpu_and_the_database(synthesized_templates):
+    template = synthesized_templates["prod"]
+    alarms = _alarms(template)
+    expected = ["LoadBalancer-Alb5xxRate", "LoadBalancer-Target5xxRate", "LoadBalancer-UnhealthyHosts",
+                "LoadBalancer-P99Latency", "AppServers-Cpu", "Database-CPU-Usage", "Database-Min-Usage-Count",
+                "Database-Connection-Count-High"]
+    for name in expected:
+        assert f"staged-web-prod-{name}-Critical" in alarms, sorted(alarms)
+    topic = [lid for lid, r in resources(template, "AWS::SNS::Topic").items()]
+    for props in alarms.values():
+        assert props["AlarmActions"] == [{"Ref": topic[0]}]
+    p99 = alarms["staged-web-prod-LoadBalancer-P99Latency-Critical"]
+    assert p99["ExtendedStatistic"] == "p99" and p99["Threshold"] == 1.5
+    assert len(resources(template, "AWS::CloudWatch::Dashboard")) == 1
+
+
+def test_ec2_database_alarms_on_cpu_and_disk_through_the_cloudwatch_agent(synthesized_templates):
+    alarms = _alarms(synthesized_templates["staging"])
+    disk = alarms["staged-web-staging-DatabaseServer-DiskData-Critical"]
+    assert disk["Namespace"] == "CWAgent" and disk["MetricName"] == "disk_used_percent"
+    assert {d["Name"] for d in disk["Dimensions"]} == {"InstanceId", "path"}
+    assert "staged-web-staging-DatabaseServer-Cpu-Critical" in alarms
+    server = [r for r in resources(synthesized_templates["staging"], "AWS::EC2::Instance").values()
+              if "Database/Server" in path_of(r)][0]
+    init = json.dumps(server["Metadata"]["AWS::CloudFormation::Init"])
+    assert "amazon-cloudwatch-agent" in init and "/var/lib/pgsql" in init
+
+
+@pytest.mark.parametrize("env", ["dev", "staging", "prod"])
+def test_logs_go_to_cloudwatch_with_the_configured_retention(synthesized_templates, env):
+    config = load_environment(env)
+    groups = {r["Properties"]["LogGroupName"]: r for r in resources(synthesized_templates[env], "AWS::Logs::LogGroup").values()
+              if "LogGroupName" in r["Properties"]}
+    for stream in ("app", "nginx-access", "nginx-error"):
+        group = groups[f"/staged-web-{env}/{stream}"]
+        assert group["Properties"]["RetentionInDays"] == config.operations.log_retention_days
+        assert group["DeletionPolicy"] == ("Retain" if config.is_production else "Delete")
+
+
+def test_alarm_topic_is_encrypted_ssl_only_and_mails_the_configured_address(synthesized_templates, cdk_app):
+    template = synthesized_templates["prod"]
+    (policy,) = resources(template, "AWS::SNS::TopicPolicy").values()
+    statements = policy["Properties"]["PolicyDocument"]["Statement"]
+    assert any(s["Effect"] == "Deny" and s["Condition"]["Bool"]["aws:SecureTransport"] == "false" for s in statements)
+    assert resources(template, "AWS::SNS::Subscription") == {}   # alarm_email is "" in prod.toml
+
+
+def test_an_alarm_email_subscribes_to_the_topic():
+    import dataclasses
+
+    prod = load_environment("prod")
+    config = dataclasses.replace(prod, name="mailed", operations=dataclasses.replace(
+        prod.operations, alarm_email="ops@example.com"))
+    app, stacks = build_app([config])
+    template = app.synth().get_stack_by_name(stacks["mailed"].stack_name).template
+    (sub,) = resources(template, "AWS::SNS::Subscription").values()
+    assert sub["Properties"]["Protocol"] == "email" and sub["Properties"]["Endpoint"] == "ops@example.com"
+
+
+@pytest.mark.parametrize("env", ["staging", "prod"])
+def test_target_tracking_scales_on_requests_per_server_and_cpu(synthesized_templates, env):
+    config = load_environment(env)
+    policies = [r["Properties"]["TargetTrackingConfiguration"]
+                for r in resources(synthesized_templates[env], "AWS::AutoScaling::ScalingPolicy").values()]
+    by_type = {p["PredefinedMetricSpecification"]["PredefinedMetricType"]: p for p in policies}
+    assert by_type["ALBRequestCountPerTarget"]["TargetValue"] == config.load_balancer.target_requests_per_server
+    assert by_type["ASGAverageCPUUtilization"]["TargetValue"] == config.load_balancer.target_cpu_percent
+
+
+def test_prod_keeps_every_stateful_resource_and_protects_the_database(synthesized_templates):
+    template = synthesized_templates["prod"]
+    for lid, res in template["Resources"].items():
+        # Data holders; the VPC and EIPs hold none (the stack itself has termination protection).
+        if res["Type"] in STATEFUL_TYPES - {"AWS::EC2::EIP", "AWS::EC2::VPC", "AWS::Logs::LogGroup"}:
+            assert res.get("DeletionPolicy") in ("Retain", "Snapshot"), lid
+    (db,) = resources(template, "AWS::RDS::DBInstance").values()
+    assert db["Properties"]["DeletionProtection"] is True
+    assert db["Properties"]["MultiAZ"] is True
+    assert db["Properties"]["BackupRetentionPeriod"] == load_environment("prod").operations.backup_retention_days
+    assert json.dumps(template).count('"deletion_protection.enabled", "Value": "true"') == 1
+
+
+@pytest.mark.parametrize("env", ["dev", "staging"])
+def test_ec2_held_data_is_backed_up_daily_with_the_configured_retention(synthesized_templates, env):
+    template = synthesized_templates[env]
+    (plan,) = resources(template, "AWS::Backup::BackupPlan").values()
+    (rule,) = plan["Properties"]["BackupPlan"]["BackupPlanRule"]
+    assert rule["ScheduleExpression"] == "cron(0 18 * * ? *)"
+    assert rule["Lifecycle"]["DeleteAfterDays"] == load_environment(env).operations.backup_retention_days
+    (selection,) = resources(template, "AWS::Backup::BackupSelection").values()
+    selected = json.dumps(selection["Properties"]["BackupSelection"]["Resources"])
+    assert ("volume/" in selected) if env == "staging" else ("instance/" in selected)
+
+
+# --- rolling out an app change ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def changed_app_templates(tmp_path_factory, monkeypatch_module):
+    """dev and prod synthesized again after a one-line change to one file of the app."""
+    source = tmp_path_factory.mktemp("app") / "sample_app"
+    shutil.copytree(render.APP_SOURCE_DIR, source, ignore=shutil.ignore_patterns("__pycache__"))
+    app_file = source / "app.py"
+    app_file.write_text(app_file.read_text() + "\n# a one-line change to the app\n")
+    monkeypatch_module.setattr(render, "APP_SOURCE_DIR", source)
+    app, stacks = build_app([load_environment("dev"), load_environment("prod")])
+    assembly = app.synth()
+    return {name: assembly.get_stack_by_name(stack.stack_name).template for name, stack in stacks.items()}
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    with pytest.MonkeyPatch.context() as patch:
+        yield patch
+
+
+def _stateful(template: dict) -> dict:
+    return {lid: r for lid, r in template["Resources"].items() if r["Type"] in STATEFUL_TYPES}
+
+
+def test_an_app_change_rolls_the_group_and_leaves_stateful_resources_alone(synthesized_templates,
+                                                                           changed_app_templates):
+    before, after = synthesized_templates["prod"], changed_app_templates["prod"]
+    assert _stateful(before) == _stateful(after)
+    (lt_before,) = resources(before, "AWS::EC2::LaunchTemplate").values()
+    (lt_after,) = resources(after, "AWS::EC2::LaunchTemplate").values()
+    # A new launch template version (the init fingerprint is in the user data) is what
+    # triggers the group's rolling update.
+    assert lt_before["Properties"]["LaunchTemplateData"]["UserData"] != \
+        lt_after["Properties"]["LaunchTemplateData"]["UserData"]
+    (group_before,) = resources(before, "AWS::AutoScaling::AutoScalingGroup").values()
+    (group_after,) = resources(after, "AWS::AutoScaling::AutoScalingGroup").values()
+    assert group_before["UpdatePolicy"] == group_after["UpdatePolicy"]
+    assert group_after["UpdatePolicy"]["AutoScalingRollingUpdate"]["WaitOnResourceSignals"] is True
+    changed = {lid for lid in before["Resources"] if before["Resources"][lid] != after["Resources"].get(lid)}
+    assert changed <= {lid for lid, r in before["Resources"].items()
+                       if r["Type"] in ("AWS::EC2::LaunchTemplate", "AWS::AutoScaling::AutoScalingGroup",
+                                        "AWS::IAM::Policy")}, changed
+
+
+def test_an_app_change_updates_a_single_server_in_place(synthesized_templates, changed_app_templates):
+    before, after = synthesized_templates["dev"], changed_app_templates["dev"]
+    assert _stateful(before) == _stateful(after)
+    (server_before,) = resources(before, "AWS::EC2::Instance").values()
+    (server_after,) = resources(after, "AWS::EC2::Instance").values()
+    # Same user data: CloudFormation does not replace the instance (and its database);
+    # the Init metadata changes and cfn-hup applies it on the running server.
+    assert server_before["Properties"]["UserData"] == server_after["Properties"]["UserData"]
+    assert server_before["Metadata"] != server_after["Metadata"]
+    assert "cfn-auto-reloader" in json.dumps(server_after["Metadata"])
