@@ -216,7 +216,7 @@ def estimate(template: Template, config: EnvironmentConfig, prices: Prices) -> E
     endpoints = [e for e in template.of_type("AWS::EC2::VPCEndpoint") if e.get("VpcEndpointType") == "Interface"]
     zones = sum(len(e.get("SubnetIds", [])) for e in endpoints)
     est.add(f"Interface VPC endpoints: {len(endpoints)} in {zones // max(len(endpoints), 1)} zones", zones * hours,
-            "endpoint-AZ-h", unit["interface_endpoint_az_hour"], "data processed not counted (cents)")
+            "endpoint-AZ-h", unit["interface_endpoint_az_hour"], "data processed not counted")
 
     secrets = len(template.of_type("AWS::SecretsManager::Secret"))
     est.add(f"Secrets Manager secret × {secrets}", secrets, "secret-month", unit["secrets_manager_secret_month"])

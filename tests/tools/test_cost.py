@@ -88,3 +88,9 @@ def test_markdown_has_one_table_per_environment_with_a_total(estimates):
     md = render_markdown(list(estimates.values()))
     assert md.count("| **Total** |") == len(SHIPPED)
     assert "ap-northeast-2.toml as of" in md
+
+
+def test_missing_templates_are_stale_so_the_tools_synthesize_first(tmp_path):
+    from tools.synthesized import stale
+
+    assert stale(list(SHIPPED.values()), cdk_out=tmp_path) == list(SHIPPED.values())

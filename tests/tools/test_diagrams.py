@@ -73,3 +73,13 @@ def test_stage_2_is_drawn_from_a_synthesized_variant(synthesized_templates, tmp_
     assert (tmp_path / "stage-2.png").read_bytes()[:8] == PNG_MAGIC
     assert "database server" in source and "app server" in source
     assert "Application Load Balancer" not in source
+
+
+@pytest.mark.slow
+def test_a_stage_no_environment_runs_is_synthesized_in_process():
+    from tools.diagrams import synthesize_in_process
+    from tools.synthesized import Template
+
+    template = Template(synthesize_in_process(stage_variant(2, list(SHIPPED.values()))))
+    paths = {r.path for r in template.of_type("AWS::EC2::Instance")}
+    assert paths == {"Service/AppServer/Instance/Resource", "Service/Database/Server/Resource"}
