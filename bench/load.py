@@ -4,6 +4,9 @@
   (b) the same through nginx over N copies (N = cores), and the ratio b/a
   the nginx hop: p50 of the trivial /health direct to one copy vs through nginx
 
+The cases take turns in rounds, so that other work on the machine skews them alike; the CPU
+already busy before the run is printed with the figures.
+
 Uses the lab (app_tier.lab), so it measures exactly what a server runs. wrk when installed,
 else app_tier.loadgen (a Python generator that costs CPU of its own: expect lower figures).
 Prints a markdown table.
@@ -15,6 +18,7 @@ import argparse
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -59,9 +63,17 @@ def run_python(url: str, seconds: int, connections: int) -> dict[str, float]:
     return load.summary()
 
 
+def _combine(rounds: list[dict[str, float]]) -> dict[str, float]:
+    combined = {key: statistics.median(r[key] for r in rounds) for key in rounds[0]}
+    combined["failed"] = sum(r["failed"] for r in rounds)
+    return combined
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seconds", type=int, default=10, help="per case")
+    parser.add_argument("--seconds", type=int, default=10, help="per case, over all rounds")
+    parser.add_argument("--rounds", type=int, default=5,
+                        help="cases take turns this many times, so background load hits each alike")
     parser.add_argument("--n", type=int, default=200_000, help="work per request (/work?n=)")
     parser.add_argument("--processes", type=int, default=os.cpu_count())
     parser.add_argument("--connections", type=int, default=None, help="default: 4 per copy")
@@ -74,7 +86,6 @@ def main(argv: list[str] | None = None) -> int:
     connections = args.connections or 4 * args.processes
     work = f"/work?n={args.n}"
     busy = busy_cpu_fraction()
-    rows = []
     with Lab(stage=4, processes=args.processes, port=0) as lab:
         one_copy = lab.app_urls()[0]
         cases = [
@@ -83,12 +94,16 @@ def main(argv: list[str] | None = None) -> int:
             ("`/health`, one copy direct, 1 connection", one_copy + "/health", 1),
             ("`/health`, through nginx, 1 connection", lab.url + "/health", 1),
         ]
-        for label, url, conns in cases:
-            print(f"bench: {label} for {args.seconds} s ...", file=sys.stderr)
-            rows.append((label, conns, run(url, args.seconds, conns)))
+        per_round = max(1, round(args.seconds / args.rounds))
+        results: list[list[dict[str, float]]] = [[] for _ in cases]
+        for turn in range(args.rounds):
+            print(f"bench: round {turn + 1}/{args.rounds}, {len(cases)} cases x {per_round} s", file=sys.stderr)
+            for (_, url, conns), case_results in zip(cases, results):
+                case_results.append(run(url, per_round, conns))
+        rows = [(label, conns, _combine(r)) for (label, _, conns), r in zip(cases, results)]
     a, b, direct, proxied = (row[2] for row in rows)
-    print(f"\nLoad benchmark: {os.cpu_count()} cores, {tool}, {args.seconds} s per case; "
-          f"CPU already busy with other work before the run: {busy:.0%}\n")
+    print(f"\nLoad benchmark: {os.cpu_count()} cores, {tool}, {args.rounds} rounds x {per_round} s per case "
+          f"(figures: median of the rounds); CPU already busy with other work before the run: {busy:.0%}\n")
     print("| case | connections | requests/s | p50 ms | p99 ms | failed |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
     for label, conns, r in rows:
