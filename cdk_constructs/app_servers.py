@@ -75,7 +75,7 @@ class AppServerGroup(Construct):
                  instance_type: str, machine_image: ec2.IMachineImage, init: ec2.CloudFormationInit,
                  min_servers: int, desired_servers: int, max_servers: int, key_pair: KeyPairChoice,
                  admin_cidrs: tuple[str, ...], root_volume_gib: int, notifications: sns.ITopic,
-                 health_check_grace: Duration = Duration.minutes(5)) -> None:
+                 health_check_grace_minutes: int = 5) -> None:
         super().__init__(scope, construct_id)
         self.role = ServerRole(self, "Role").role
         self.security_group = ec2.SecurityGroup(self, "SecurityGroup", vpc=vpc, allow_all_outbound=True,
@@ -101,7 +101,8 @@ class AppServerGroup(Construct):
                                    autoscaling.ScalingProcess.ALARM_NOTIFICATION,
                                    autoscaling.ScalingProcess.SCHEDULED_ACTIONS]),
             health_checks=autoscaling.HealthChecks.with_additional_checks(
-                additional_types=[autoscaling.AdditionalHealthCheckType.ELB], grace_period=health_check_grace),
+                additional_types=[autoscaling.AdditionalHealthCheckType.ELB],
+                grace_period=Duration.minutes(health_check_grace_minutes)),
             notifications=[autoscaling.NotificationConfiguration(topic=notifications)],
             cooldown=Duration.minutes(3),
         )

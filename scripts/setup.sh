@@ -5,13 +5,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Any installed PostgreSQL server will do for the local lab (Debian 12 ships 15).
+PG_BIN=${PG_BIN:-$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)}
 PG_BIN=${PG_BIN:-/usr/lib/postgresql/15/bin}
 
 need_apt=()
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need_apt+=(nginx)
 command -v wrk >/dev/null 2>&1 || need_apt+=(wrk)
 command -v dot >/dev/null 2>&1 || need_apt+=(graphviz)
-[ -x "$PG_BIN/initdb" ] || need_apt+=(postgresql-15)
+[ -x "$PG_BIN/initdb" ] || need_apt+=(postgresql)
 command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
 command -v runuser >/dev/null 2>&1 || need_apt+=(util-linux)
 

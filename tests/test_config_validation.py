@@ -10,8 +10,8 @@ import sys
 import tomllib
 
 import pytest
-
 from conftest import ROOT
+
 from envconfig import ConfigError, load_environment, load_environments
 from envconfig.loader import CONFIG_DIR, parse_environment
 

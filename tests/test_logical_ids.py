@@ -8,7 +8,6 @@ that replacement is intended and a migration is written down.
 from __future__ import annotations
 
 import pytest
-
 from cfn import path_of
 
 STATEFUL_TYPES = {

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 from cdk_nag import AwsSolutionsChecks
-
 from conftest import ROOT, SHIPPED, VARIANTS, build_app, variant_configs
+
 from envconfig import load_environments
 
 

@@ -7,12 +7,12 @@ import json
 import shutil
 
 import pytest
-
-from app_tier import render
 from cfn import path_of, resources
 from conftest import build_app
-from envconfig import load_environment
 from test_logical_ids import STATEFUL_TYPES
+
+from app_tier import render
+from envconfig import load_environment
 
 
 def _alarms(template: dict) -> dict[str, dict]:

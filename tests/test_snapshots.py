@@ -10,9 +10,8 @@ import json
 import re
 
 import pytest
-from syrupy.extensions.json import JSONSnapshotExtension
-
 from conftest import SHIPPED, VARIANTS
+from syrupy.extensions.json import JSONSnapshotExtension
 
 ASSET_HASH = re.compile(r"[0-9a-f]{64}")
 
