@@ -69,3 +69,11 @@ cost: setup
 
 diagrams: setup
 	$(PY) -m tools.diagrams $(if $(ENV),--env $(ENV),)
+
+# --- local AWS emulator ---
+# `cdk deploy` for real, to moto's server on loopback; see tools/local_aws.py.
+deploy-local: setup
+	$(PY) -m tools.local_aws all $(if $(ENV),--env $(ENV),)
+
+local-down:
+	$(PY) -m tools.local_aws down

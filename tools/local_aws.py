@@ -1,0 +1,197 @@
+"""`cdk deploy` for real, to a local AWS emulator, then checks through the AWS API.
+
+    python -m tools.local_aws all    [--env NAME]   # up + deploy + verify (what `make deploy-local` runs)
+    python -m tools.local_aws up     [--port P]     # start the emulator, or reuse the running one
+    python -m tools.local_aws deploy [--env NAME]   # cdk bootstrap + cdk deploy -c target=emulator
+    python -m tools.local_aws verify [--env NAME]   # the post-deploy checks, one report per stack
+    python -m tools.local_aws down                  # stop the emulator
+
+The real CDK CLI runs with `AWS_ENDPOINT_URL` pointing at the emulator and dummy
+credentials, and every variable that could select a real account removed.
+Exit code: 0 when every deploy and check passed, 1 when a check failed, 2 when a deploy failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from envconfig import ConfigError, EnvironmentConfig, load_environments
+from tools import emulator as emu
+from tools.deploy_checks import FAIL, NOT_SHOWN, PASS, StackReport, verify
+
+REPO_ROOT = emu.REPO_ROOT
+CDK = REPO_ROOT / "node_modules" / ".bin" / "cdk"
+BOOTSTRAP_STACK = "CDKToolkit"
+# CloudFormation's CreateStack/UpdateStack instead of change sets: moto's change-set execution
+# never evaluates the template's Outputs (so `Url` would be missing); direct deploys do.
+DEPLOY_METHOD = "direct"
+
+
+class DeployError(RuntimeError):
+    pass
+
+
+def _say(message: str = "") -> None:
+    print(message, flush=True)
+
+
+def _cdk_environment(emulator: emu.Emulator, region: str) -> dict[str, str]:
+    env = emulator.environment(region)
+    # The pinned Node 22 and the venv's Python (the CDK app runs with `python` from cdk.json).
+    env["PATH"] = os.pathsep.join([str(REPO_ROOT / "node_modules" / ".bin"), str(Path(sys.executable).parent),
+                                   env.get("PATH", "")])
+    return env
+
+
+def _run_cdk(args: list[str], emulator: emu.Emulator, region: str, log_path: Path, cwd: Path) -> None:
+    if not CDK.exists():
+        raise DeployError(f"{CDK} is missing: run `make setup`")
+    with open(log_path, "w") as log:
+        log.write("$ cdk " + " ".join(args) + "\n")
+        log.flush()
+        done = subprocess.run([str(CDK), *args], cwd=cwd, env=_cdk_environment(emulator, region), stdout=log,
+                              stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, check=False)
+    if done.returncode != 0:
+        tail = log_path.read_text().splitlines()[-30:]
+        raise DeployError(f"`cdk {args[0]}` failed (exit {done.returncode}); last lines of {log_path}:\n  "
+                          + "\n  ".join(tail))
+
+
+def bootstrap(emulator: emu.Emulator, regions: list[str], state_dir: Path) -> list[str]:
+    """`cdk bootstrap` each region once; returns the environments it bootstrapped now."""
+    done = []
+    for region in regions:
+        session = emulator.session(region)
+        try:
+            stack = session.client("cloudformation").describe_stacks(StackName=BOOTSTRAP_STACK)["Stacks"][0]
+            if stack["StackStatus"] in ("CREATE_COMPLETE", "UPDATE_COMPLETE"):
+                continue
+        except session.client("cloudformation").exceptions.ClientError:
+            pass
+        target = f"aws://{emu.account_id(emulator, region)}/{region}"
+        # Run outside the project so the CLI bootstraps without synthesizing the app first.
+        _run_cdk(["bootstrap", target], emulator, region, state_dir / f"cdk-bootstrap-{region}.log", cwd=state_dir)
+        done.append(target)
+    return done
+
+
+def deploy(emulator: emu.Emulator, configs: list[EnvironmentConfig], state_dir: Path, output: Path) -> None:
+    """One `cdk deploy` for the chosen environments: one synth, stacks deployed one by one."""
+    context = ["-c", "target=emulator"]
+    if len(configs) == 1:
+        context += ["-c", f"env={configs[0].name}"]
+    stacks = [cfg.stack_name for cfg in configs]
+    _run_cdk(["deploy", *context, *stacks, "--require-approval", "never", "--method", DEPLOY_METHOD,
+              "--output", str(output), "--progress", "events"],
+             emulator, configs[0].region, state_dir / "cdk-deploy.log", cwd=REPO_ROOT)
+
+
+def print_report(report: StackReport) -> None:
+    counts = report.counts()
+    _say(f"{report.stack_name}  {report.status}  resources created {report.created_resources} "
+         f"of {report.template_resources} in the template")
+    _say(f"  Url: {report.url or '(none)'}")
+    skipped = ", ".join(f"{t} x{n}" for t, n in report.skipped_types.items())
+    _say(f"  skipped by the emulator: {skipped or 'none'}")
+    width = max((len(c.name) for c in report.checks), default=0)
+    for check in report.checks:
+        _say(f"  {check.status:<4}  {check.name:<{width}}  {check.detail}")
+    _say(f"  {report.environment}: {counts[PASS]} passed, {counts[FAIL]} failed, "
+         f"{counts[NOT_SHOWN]} not shown by the emulator")
+    _say()
+
+
+def _configs(env: str | None) -> list[EnvironmentConfig]:
+    names = [n for n in (env or "").replace(",", " ").split() if n]
+    return load_environments(names or None)
+
+
+def _write_timings(state_dir: Path, data: dict) -> None:
+    state_dir.mkdir(parents=True, exist_ok=True)
+    (state_dir / "last-run.json").write_text(json.dumps(data, indent=2) + "\n")
+
+
+def run(command: str, env: str | None = None, port: int | None = None, state_dir: Path = emu.DEFAULT_STATE_DIR,
+        output: Path | None = None) -> int:
+    state_dir = state_dir.resolve()
+    output = (output or REPO_ROOT / "cdk.out.emulator").resolve()
+    if command == "down":
+        stopped = emu.stop(state_dir)
+        _say(f"stopped the emulator on port {stopped.port} (pid {stopped.pid})" if stopped
+             else "no emulator was running")
+        return 0
+
+    configs = _configs(env) if command != "up" else []
+    phases: dict[str, float] = {}
+    started = time.monotonic()
+    if command in ("up", "all", "deploy"):
+        emulator, fresh = emu.start(state_dir, port)
+        phases["start"] = time.monotonic() - started
+        _say(f"emulator: {'started' if fresh else 'reusing the one'} on port {emulator.port} "
+             f"(pid {emulator.pid}, log {emulator.log})")
+    else:
+        emulator = emu.running(state_dir)
+        if emulator is None:
+            _say("no emulator is running: run `make deploy-local` (or `python -m tools.local_aws up`)")
+            return 2
+    ok = True
+    try:
+        if command in ("all", "deploy"):
+            t = time.monotonic()
+            bootstrapped = bootstrap(emulator, sorted({c.region for c in configs}), state_dir)
+            phases["bootstrap"] = time.monotonic() - t
+            _say(f"bootstrap: {', '.join(bootstrapped) if bootstrapped else 'already bootstrapped'} "
+                 f"({phases['bootstrap']:.1f} s)")
+            t = time.monotonic()
+            _say(f"deploy: {', '.join(c.stack_name for c in configs)} with -c target=emulator ...")
+            deploy(emulator, configs, state_dir, output)
+            phases["deploy"] = time.monotonic() - t
+            _say(f"deploy: done ({phases['deploy']:.1f} s, log {state_dir / 'cdk-deploy.log'})")
+            _say()
+        if command in ("all", "verify"):
+            t = time.monotonic()
+            session = emulator.session(configs[0].region)
+            reports = verify(session, configs, emulator=True, progress=print_report)
+            phases["checks"] = time.monotonic() - t
+            ok = all(r.ok for r in reports)
+            totals = {s: sum(r.counts()[s] for r in reports) for s in (PASS, FAIL, NOT_SHOWN)}
+            bad = [r.environment for r in reports if not r.ok]
+            _say(f"checks: {totals[PASS]} passed, {totals[FAIL]} failed, {totals[NOT_SHOWN]} not shown by the "
+                 f"emulator, across {len(reports)} stacks" + (f"; failing: {', '.join(bad)}" if bad else ""))
+    except DeployError as err:
+        _say(f"deploy FAILED: {err}")
+        _write_timings(state_dir, {"command": command, "ok": False, "phases": phases})
+        return 2
+    finally:
+        _say(f"AWS_ENDPOINT_URL={emulator.endpoint_url}")
+    phases["total"] = time.monotonic() - started
+    _write_timings(state_dir, {"command": command, "ok": ok, "environments": [c.name for c in configs],
+                               "phases": phases})
+    return 0 if ok else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tools.local_aws", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", choices=("all", "up", "deploy", "verify", "down"))
+    parser.add_argument("--env", help="environment name(s), comma-separated (default: every config/*.toml)")
+    parser.add_argument("--port", type=int, help="emulator port (default: a free one)")
+    parser.add_argument("--state-dir", type=Path, default=emu.DEFAULT_STATE_DIR,
+                        help="where the emulator's pid/port file and logs go (default: .local/)")
+    parser.add_argument("--output", type=Path, help="cdk output directory (default: cdk.out.emulator)")
+    args = parser.parse_args(argv)
+    try:
+        return run(args.command, args.env, args.port, args.state_dir, args.output)
+    except (ConfigError, emu.EmulatorError) as err:
+        _say(f"error: {err}")
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,118 @@
+"""moto's server, with fixes for the moto gaps that stop a deploy of this app.
+
+Run by `tools.emulator` as `python -m tools.patched_moto -H 127.0.0.1 -p PORT`. Each patch
+names the moto behaviour it corrects; drop it once the pinned moto fixes it.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+
+def _kms_key_accepts_cloudformation_tags() -> None:
+    """AWS::KMS::Key: CloudFormation tags are {Key, Value}, but moto's KMS tagger reads
+    {TagKey, TagValue}, so a tagged key (every key, once the app tags its stacks) raised
+    KeyError('TagKey') and failed CreateStack (moto 5.2.5)."""
+    from moto.kms.models import Key
+
+    original = Key.create_from_cloudformation_json.__func__
+
+    def create_from_cloudformation_json(cls, resource_name: str, cloudformation_json: Any, account_id: str,
+                                        region_name: str, **kwargs: Any):
+        properties = cloudformation_json.get("Properties") or {}
+        properties["Tags"] = [{"TagKey": t["Key"], "TagValue": t["Value"]} if "Key" in t else t
+                              for t in properties.get("Tags") or []]
+        return original(cls, resource_name, cloudformation_json, account_id, region_name, **kwargs)
+
+    Key.create_from_cloudformation_json = classmethod(create_from_cloudformation_json)
+
+
+def _references_to_skipped_resources_resolve() -> None:
+    """moto skips resource types it does not model (AWS::SecretsManager::Secret among them),
+    and a `Ref`/`Fn::GetAtt` to a skipped resource then resolved to None: an IAM policy that
+    grants access to the database secret became "Policy statement must contain resources"
+    and failed CreateStack. Resolve such references to a placeholder ARN that names the
+    skipped resource instead, so the rest of the stack deploys and the report still lists
+    the type as skipped."""
+    from moto.cloudformation import parsing
+
+    original = parsing.clean_json
+
+    def placeholder(resources_map: Any, logical_id: Any) -> str | None:
+        if not isinstance(logical_id, str):
+            return None
+        # Conditions are cleaned against a plain dict, not a ResourceMap: nothing to resolve there.
+        spec = getattr(resources_map, "_resource_json_map", {}).get(logical_id)
+        if not spec or parsing.resource_class_from_type(spec.get("Type", "")) is not None:
+            return None
+        service = spec["Type"].split("::")[1].lower()
+        return (f"arn:aws:{service}:{resources_map._region_name}:{resources_map._account_id}:"
+                f"emulator-skipped-{logical_id}")
+
+    def clean_json(resource_json: Any, resources_map: Any) -> Any:
+        if isinstance(resource_json, dict) and len(resource_json) == 1:
+            if "Ref" in resource_json:
+                arn = placeholder(resources_map, resource_json["Ref"])
+                if arn:
+                    return arn
+            if "Fn::GetAtt" in resource_json and isinstance(resource_json["Fn::GetAtt"], list):
+                arn = placeholder(resources_map, resource_json["Fn::GetAtt"][0])
+                if arn:
+                    return arn
+        return original(resource_json, resources_map)
+
+    # Module-level name: clean_json recurses through it, so nested references are covered too.
+    parsing.clean_json = clean_json
+
+
+def _add_cfn_attributes(model: type, attributes: dict[str, Any]) -> None:
+    """Teach a moto model `Fn::GetAtt` attributes that CloudFormation documents and it lacks."""
+    from moto.cloudformation.exceptions import UnformattedGetAttTemplateException
+
+    original_has = model.has_cfn_attr.__func__ if hasattr(model, "has_cfn_attr") else None
+    original_get = getattr(model, "get_cfn_attribute", None)
+
+    def has_cfn_attr(cls, attr: str) -> bool:
+        return attr in attributes or bool(original_has and original_has(cls, attr))
+
+    def get_cfn_attribute(self, attribute_name: str) -> Any:
+        if attribute_name in attributes:
+            return attributes[attribute_name](self)
+        if original_get is None:
+            raise UnformattedGetAttTemplateException()
+        return original_get(self, attribute_name)
+
+    model.has_cfn_attr = classmethod(has_cfn_attr)
+    model.get_cfn_attribute = get_cfn_attribute
+
+
+def _missing_get_att_attributes() -> None:
+    """`Fn::GetAtt` attributes the app reads that moto 5.2.5 does not answer, each failing
+    CreateStack: EIP PublicIp (the single-server `Url` output), the ALB's and target group's
+    full names (CloudWatch alarm dimensions)."""
+    from moto.ec2.models.elastic_ip_addresses import ElasticAddress
+    from moto.elbv2.models import FakeLoadBalancer, FakeTargetGroup
+
+    _add_cfn_attributes(ElasticAddress, {"PublicIp": lambda eip: eip.public_ip})
+    # ARNs end in ":loadbalancer/app/NAME/ID" and ":targetgroup/NAME/ID"; the full name is that tail.
+    _add_cfn_attributes(FakeLoadBalancer, {"LoadBalancerFullName": lambda lb: lb.arn.split(":loadbalancer/", 1)[1]})
+    _add_cfn_attributes(FakeTargetGroup, {
+        "TargetGroupFullName": lambda tg: tg.arn.rsplit(":", 1)[1],
+        "TargetGroupName": lambda tg: tg.name,
+        "TargetGroupArn": lambda tg: tg.arn,
+        "LoadBalancerArns": lambda tg: list(tg.load_balancer_arns),
+    })
+
+
+def main(argv: list[str] | None = None) -> None:
+    _kms_key_accepts_cloudformation_tags()
+    _references_to_skipped_resources_resolve()
+    _missing_get_att_attributes()
+    from moto.server import main as moto_main
+
+    moto_main(argv if argv is not None else sys.argv[1:])
+
+
+if __name__ == "__main__":
+    main()
