@@ -68,6 +68,7 @@ class Subnet:
 class Software:
     """What CloudFormation Init puts on a server."""
     app_ports: list[int] = field(default_factory=list)   # app copies behind nginx (stage 4); empty: one app
+    listen_port: int | None = None                       # where the server takes requests (nginx or the app)
     nginx: bool = False
     app: bool = False
     postgresql: bool = False
@@ -81,8 +82,14 @@ def software_of(resource: Resource) -> Software:
     nginx = files.get("/etc/nginx/nginx.conf")
     if nginx:
         found.nginx = True
-        found.app_ports = [int(p) for p in re.findall(r"server 127\.0\.0\.1:(\d+)", json.dumps(nginx.get("content")))]
+        conf = json.dumps(nginx.get("content"))
+        found.app_ports = [int(p) for p in re.findall(r"server 127\.0\.0\.1:(\d+)", conf)]
+        found.listen_port = next((int(p) for p in re.findall(r"listen (\d+)", conf)), None)
     found.app = found.nginx or any(p.startswith("/etc/systemd/system/app") for p in files)
+    unit = files.get("/etc/systemd/system/app.service")
+    if unit and not found.nginx:
+        found.listen_port = next((int(p) for p in re.findall(r"--bind [\d.]+:(\d+)", json.dumps(unit.get("content")))),
+                                 None)
     found.postgresql = any(p.startswith("/etc/webapp/postgresql/") for p in files)
     return found
 
@@ -127,7 +134,8 @@ class _Drawing:
         self.t = template
         self.config = config
         self.subnets = subnets_of(template)
-        self.targets: dict[str, list[Node]] = {}             # security group -> nodes its rules admit to
+        # security group -> (node its rules admit to, the server cluster around it, the port the node serves)
+        self.targets: dict[str, list[tuple[Node, str, int | None]]] = {}
         self.sources: dict[str, list[tuple[Node, str]]] = {}  # security group -> (node, cluster it stands for)
         self.notes: dict[str, list[str]] = {}                  # security group -> rules with in-VPC CIDR sources
         self.in_subnet: dict[str, list[tuple[Node, str]]] = {}  # subnet -> servers' (node, cluster) in it
@@ -183,13 +191,15 @@ class _Drawing:
             box.dot.graph_attr["label"] = f"{server.title} · {server.instance_type}{extra}"
             cluster = box.name
             entry = last = None
+            listen = f" :{sw.listen_port}" if sw.listen_port else ""
+            serves = sw.listen_port
             if sw.nginx:
-                entry = Nginx("nginx :80", nodeid=f"{server.key}_nginx")
+                entry = Nginx(f"nginx{listen}", nodeid=f"{server.key}_nginx")
                 for port in sw.app_ports:
                     last = Gunicorn(f"app copy :{port}", nodeid=f"{server.key}_app{port}")
                     entry >> Edge(color="#B8860B") >> last
             elif sw.app:
-                entry = last = Gunicorn("app :80", nodeid=f"{server.key}_app")
+                entry = last = Gunicorn(f"app{listen}", nodeid=f"{server.key}_app")
             if sw.postgresql:
                 label = "PostgreSQL (localhost)" if sw.app else f"PostgreSQL :{self.config.database.port}"
                 db = Postgresql(label, nodeid=f"{server.key}_postgresql")
@@ -197,6 +207,7 @@ class _Drawing:
                     last >> Edge(label="localhost", color="#B8860B") >> db
                 else:
                     entry = last = db
+                    serves = self.config.database.port
                     for volume in self.t.of_type("AWS::EC2::Volume"):
                         disk = ElasticBlockStoreEBS(f"data volume\n{volume.get('Size')} GiB {volume.get('VolumeType', '')}",
                                                     nodeid=f"{volume.logical_id}")
@@ -205,7 +216,7 @@ class _Drawing:
                 entry = last = EC2(server.instance_type, nodeid=f"{server.key}_ec2")
         self.placed(entry)
         for group in server.security_groups:
-            self.targets.setdefault(group, []).append(entry)
+            self.targets.setdefault(group, []).append((entry, cluster, serves))
             self.sources.setdefault(group, []).append((last, cluster))
         self.in_subnet.setdefault(server.subnet.logical_id, []).append((last, cluster))
 
@@ -232,7 +243,7 @@ class _Drawing:
                 node = self.placed(Endpoint(self.admits(f"{len(here)} interface endpoints\n" + _wrap(names), groups),
                                             nodeid=f"endpoints_{subnet.logical_id}"))
                 for group in groups:
-                    self.targets.setdefault(group, []).append(node)
+                    self.targets.setdefault(group, []).append((node, "", None))
                 drawn = True
             if not drawn:
                 self.placed(Node("(nothing here)", nodeid=f"empty_{subnet.logical_id}", shape="plaintext",
@@ -245,7 +256,7 @@ class _Drawing:
         node = self.placed(RDS(label, nodeid=f"{db.logical_id}_{subnet.zone}"))
         if not standby:
             for group in _ids(db.get("VPCSecurityGroups")):
-                self.targets.setdefault(group, []).append(node)
+                self.targets.setdefault(group, []).append((node, "", None))
 
     def _rds_primary_zone(self, db: Resource) -> str:
         # RDS picks the primary's zone at launch; the picture puts it in the first zone.
@@ -315,7 +326,7 @@ def draw(template: dict, config: EnvironmentConfig, out_file: Path) -> str:
                                 f"Application Load Balancer\n{alb.get('Scheme', 'internet-facing')} · "
                                 f"{len(alb.get('Subnets', []))} zones", nodeid=alb.logical_id))
                             for g in _ids(alb.get("SecurityGroups")):
-                                d.targets.setdefault(g, []).append(node)
+                                d.targets.setdefault(g, []).append((node, "", None))
                                 d.sources.setdefault(g, []).append((node, ""))
                     here = {s.logical_id for s in subnets}
                     tier_servers = [s for s in servers if s.subnet.logical_id in here]
@@ -369,9 +380,11 @@ def _draw_rules(d: _Drawing, internet: Node) -> None:
             if rule.cidr not in outsiders:
                 outsiders[rule.cidr] = Users(f"admins\n{rule.cidr}", nodeid=f"cidr_{len(outsiders)}")
             sources = [(outsiders[rule.cidr], "")]
-        for source, cluster in sources:
-            for target in targets:
-                attrs = {"ltail": cluster} if cluster else {}
+        for source, tail in sources:
+            for target, head, serves in targets:
+                attrs = {"ltail": tail} if tail else {}
+                if head and serves is not None and not rule.from_port == serves == rule.to_port:
+                    attrs["lhead"] = head        # a port no drawn process serves (SSH): to the server itself
                 source >> Edge(label=rule.ports, color="#C0392B", penwidth="1.6", **attrs) >> target
 
 

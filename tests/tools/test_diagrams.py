@@ -72,6 +72,8 @@ def test_stage_2_is_drawn_from_a_synthesized_variant(synthesized_templates, tmp_
     source = draw(synthesized_templates["stage2ec2"], variant, tmp_path / "stage-2.png")
     assert (tmp_path / "stage-2.png").read_bytes()[:8] == PNG_MAGIC
     assert "database server" in source and "app server" in source
+    # The variant opens SSH to an admin range: an arrow from that range to the server on port 22.
+    assert "admins\n203.0.113.0/24" in source and 'label="tcp/22"' in source
     assert "Application Load Balancer" not in source
 
 
