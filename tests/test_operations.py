@@ -169,3 +169,55 @@ def test_an_app_change_updates_a_single_server_in_place(synthesized_templates, c
     assert server_before["Properties"]["UserData"] == server_after["Properties"]["UserData"]
     assert server_before["Metadata"] != server_after["Metadata"]
     assert "cfn-auto-reloader" in json.dumps(server_after["Metadata"])
+
+
+# --- the optional pipeline ----------------------------------------------------------------------
+
+CONNECTION = "arn:aws:codeconnections:ap-northeast-2:123456789012:connection/11111111-2222-3333-4444-555555555555"
+
+
+@pytest.fixture(scope="module")
+def pipeline_assembly(tmp_path_factory):
+    import dataclasses
+
+    from envconfig import load_environments
+
+    configs = []
+    for config in load_environments():
+        if config.name == "prod":
+            config = dataclasses.replace(config, pipeline=dataclasses.replace(
+                config.pipeline, enabled=True, repository="acme/web", connection_arn=CONNECTION))
+        configs.append(config)
+    app, stacks = build_app(configs, outdir=str(tmp_path_factory.mktemp("pipeline")))
+    return app.synth(), stacks   # cdk-nag runs in this synth: any finding fails it
+
+
+def test_pipeline_is_off_by_default(cdk_app):
+    assert not any(name.endswith("-pipeline") for name in cdk_app[1])
+
+
+def test_pipeline_promotes_dev_staging_then_prod_after_a_manual_approval(pipeline_assembly):
+    assembly, stacks = pipeline_assembly
+    template = assembly.get_stack_by_name("staged-web-pipeline").template
+    (pipeline,) = resources(template, "AWS::CodePipeline::Pipeline").values()
+    stages = [s["Name"] for s in pipeline["Properties"]["Stages"]]
+    assert stages[:2] == ["Source", "Build"]
+    assert stages.index("Dev") < stages.index("Staging") < stages.index("Prod")
+    prod_actions = next(s for s in pipeline["Properties"]["Stages"] if s["Name"] == "Prod")["Actions"]
+    first = min(prod_actions, key=lambda a: a["RunOrder"])
+    assert first["ActionTypeId"]["Category"] == "Approval"
+    source = pipeline["Properties"]["Stages"][0]["Actions"][0]["Configuration"]
+    assert source["ConnectionArn"] == CONNECTION and source["FullRepositoryId"] == "acme/web"
+
+
+def test_pipeline_template_passes_cfn_lint(pipeline_assembly):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    assembly, _ = pipeline_assembly
+    stack = assembly.get_stack_by_name("staged-web-pipeline")
+    cfn_lint = Path(sys.executable).parent / "cfn-lint"
+    result = subprocess.run([str(cfn_lint), "--", str(Path(assembly.directory) / stack.template_file)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout
