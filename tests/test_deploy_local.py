@@ -132,3 +132,16 @@ def test_down_stops_the_emulator(tmp_path):
     assert emu.stop(tmp_path) == emulator
     assert not emu.is_healthy(emulator.port, timeout_sec=0.5)
     assert emu.running(tmp_path) is None
+
+
+def test_a_failed_deploy_names_the_emulator_exception(tmp_path):
+    log = tmp_path / "emulator.log"
+    log.write_text("before\n")
+    since = log.stat().st_size
+    with open(log, "a") as out:
+        out.write('  File "moto/cloudformation/parsing.py", line 158, in clean_json\n'
+                  "AttributeError: 'FakeTargetGroup' object has no attribute 'get_cfn_attribute'\n"
+                  '127.0.0.1 - - "POST / HTTP/1.1" 500 -\n')
+    message = local_aws._emulator_errors(log, since)
+    assert "AttributeError: 'FakeTargetGroup' object has no attribute 'get_cfn_attribute'" in message
+    assert local_aws._emulator_errors(log, log.stat().st_size) == ""

@@ -5,6 +5,7 @@
     python -m tools.local_aws deploy [--env NAME]   # cdk bootstrap + cdk deploy -c target=emulator
     python -m tools.local_aws verify [--env NAME]   # the post-deploy checks, one report per stack
     python -m tools.local_aws down                  # stop the emulator
+    python -m tools.local_aws verify --aws --env prod  # the same checks in your real account
 
 The real CDK CLI runs with `AWS_ENDPOINT_URL` pointing at the emulator and dummy
 credentials, and every variable that could select a real account removed.
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -52,6 +54,8 @@ def _cdk_environment(emulator: emu.Emulator, region: str) -> dict[str, str]:
 def _run_cdk(args: list[str], emulator: emu.Emulator, region: str, log_path: Path, cwd: Path) -> None:
     if not CDK.exists():
         raise DeployError(f"{CDK} is missing: run `make setup`")
+    emulator_log = Path(emulator.log)
+    log_start = emulator_log.stat().st_size if emulator_log.exists() else 0
     with open(log_path, "w") as log:
         log.write("$ cdk " + " ".join(args) + "\n")
         log.flush()
@@ -60,7 +64,21 @@ def _run_cdk(args: list[str], emulator: emu.Emulator, region: str, log_path: Pat
     if done.returncode != 0:
         tail = log_path.read_text().splitlines()[-30:]
         raise DeployError(f"`cdk {args[0]}` failed (exit {done.returncode}); last lines of {log_path}:\n  "
-                          + "\n  ".join(tail))
+                          + "\n  ".join(tail) + _emulator_errors(emulator_log, log_start))
+
+
+def _emulator_errors(emulator_log: Path, since: int) -> str:
+    """The emulator's own exceptions during the failed command. When moto crashes on a request
+    the SDK retries it, so the CLI often reports a misleading AlreadyExists instead."""
+    try:
+        with open(emulator_log, "rb") as log:
+            log.seek(since)
+            lines = log.read().decode(errors="replace").splitlines()
+    except OSError:
+        return ""
+    errors = list(dict.fromkeys(line.strip() for line in lines
+                                if re.match(r"^[\w.]+(Error|Exception)\b.*:", line.strip())))
+    return ("\nthe emulator raised (see " + str(emulator_log) + "):\n  " + "\n  ".join(errors[-5:])) if errors else ""
 
 
 def bootstrap(emulator: emu.Emulator, regions: list[str], state_dir: Path) -> list[str]:
@@ -117,8 +135,23 @@ def _write_timings(state_dir: Path, data: dict) -> None:
     (state_dir / "last-run.json").write_text(json.dumps(data, indent=2) + "\n")
 
 
+def _verify_real_account(configs: list[EnvironmentConfig]) -> int:
+    """The same checks after `make deploy`, with your own credentials (read-only calls)."""
+    import boto3
+
+    if os.environ.get("AWS_ENDPOINT_URL"):
+        # Left over from pointing a shell at the emulator: it would check the emulator, not AWS.
+        _say(f"AWS_ENDPOINT_URL is set ({os.environ['AWS_ENDPOINT_URL']}): unset it to check your real account")
+        return 2
+    reports = [verify(boto3.session.Session(region_name=cfg.region), [cfg], emulator=False, progress=print_report)[0]
+               for cfg in configs]
+    failed = sum(len(r.failed) for r in reports)
+    _say(f"checks: {sum(r.counts()[PASS] for r in reports)} passed, {failed} failed, across {len(reports)} stacks")
+    return 0 if all(r.ok for r in reports) else 1
+
+
 def run(command: str, env: str | None = None, port: int | None = None, state_dir: Path = emu.DEFAULT_STATE_DIR,
-        output: Path | None = None) -> int:
+        output: Path | None = None, real_aws: bool = False) -> int:
     state_dir = state_dir.resolve()
     output = (output or REPO_ROOT / "cdk.out.emulator").resolve()
     if command == "down":
@@ -135,6 +168,8 @@ def run(command: str, env: str | None = None, port: int | None = None, state_dir
         phases["start"] = time.monotonic() - started
         _say(f"emulator: {'started' if fresh else 'reusing the one'} on port {emulator.port} "
              f"(pid {emulator.pid}, log {emulator.log})")
+    elif real_aws:
+        return _verify_real_account(configs)
     else:
         emulator = emu.running(state_dir)
         if emulator is None:
@@ -185,9 +220,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--state-dir", type=Path, default=emu.DEFAULT_STATE_DIR,
                         help="where the emulator's pid/port file and logs go (default: .local/)")
     parser.add_argument("--output", type=Path, help="cdk output directory (default: cdk.out.emulator)")
+    parser.add_argument("--aws", action="store_true",
+                        help="verify only: check the stacks in your real AWS account (after `make deploy`)")
     args = parser.parse_args(argv)
+    if args.aws and args.command != "verify":
+        parser.error("--aws goes with `verify` only: deploy to AWS with `make deploy ENV=name`")
     try:
-        return run(args.command, args.env, args.port, args.state_dir, args.output)
+        return run(args.command, args.env, args.port, args.state_dir, args.output, real_aws=args.aws)
     except (ConfigError, emu.EmulatorError) as err:
         _say(f"error: {err}")
         return 2
