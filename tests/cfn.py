@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from tools import synthesized
+
 
 def resources(template: dict, resource_type: str | None = None) -> dict[str, dict]:
     return {lid: r for lid, r in template["Resources"].items()
@@ -21,15 +23,6 @@ def logical_id(template: dict, path_suffix: str) -> str:
     return hits[0]
 
 
-def _ref(value) -> str | None:
-    if isinstance(value, dict):
-        if "Ref" in value:
-            return value["Ref"]
-        if "Fn::GetAtt" in value:
-            return value["Fn::GetAtt"][0]
-    return None
-
-
 @dataclass(frozen=True)
 class Ingress:
     group: str          # logical ID of the security group that admits
@@ -39,14 +32,6 @@ class Ingress:
 
 
 def ingress_rules(template: dict) -> list[Ingress]:
-    """Every ingress rule, inline on a security group or standalone."""
-    rules = []
-    for lid, res in resources(template, "AWS::EC2::SecurityGroup").items():
-        for rule in res["Properties"].get("SecurityGroupIngress", []):
-            source = rule.get("CidrIp") or rule.get("CidrIpv6") or _ref(rule.get("SourceSecurityGroupId"))
-            rules.append(Ingress(lid, source, rule.get("FromPort"), rule.get("ToPort")))
-    for res in resources(template, "AWS::EC2::SecurityGroupIngress").values():
-        p = res["Properties"]
-        source = p.get("CidrIp") or p.get("CidrIpv6") or _ref(p.get("SourceSecurityGroupId"))
-        rules.append(Ingress(_ref(p["GroupId"]), source, p.get("FromPort"), p.get("ToPort")))
-    return rules
+    """Every ingress rule, inline on a security group or standalone (tools.synthesized reads them)."""
+    return [Ingress(r.group, r.cidr or r.source_group, r.from_port, r.to_port)
+            for r in synthesized.ingress_rules(synthesized.Template(template))]

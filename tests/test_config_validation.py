@@ -10,7 +10,7 @@ import sys
 import tomllib
 
 import pytest
-from conftest import ROOT
+from stack_support import ROOT
 
 from envconfig import ConfigError, load_environment, load_environments
 from envconfig.loader import CONFIG_DIR, parse_environment

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from cdk_nag import AwsSolutionsChecks
-from conftest import ROOT, SHIPPED, VARIANTS, build_app, variant_configs
+from stack_support import ROOT, SHIPPED, VARIANTS, build_app, variant_configs
 
 from envconfig import load_environments
 

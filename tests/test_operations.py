@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 from cfn import path_of, resources
-from conftest import build_app
+from stack_support import build_app
 from test_logical_ids import STATEFUL_TYPES
 
 from app_tier import render

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 
-from conftest import ROOT
+from stack_support import ROOT
 
 
 def test_no_top_level_constructs_folder_shadows_the_constructs_package():

@@ -8,7 +8,7 @@ import re
 import pytest
 from aws_cdk.assertions import Match
 from cfn import ingress_rules, logical_id, path_of, resources
-from conftest import SHIPPED, VARIANTS
+from stack_support import SHIPPED, VARIANTS
 
 from envconfig import Stage
 

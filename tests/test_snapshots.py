@@ -10,7 +10,7 @@ import json
 import re
 
 import pytest
-from conftest import SHIPPED, VARIANTS
+from stack_support import SHIPPED, VARIANTS
 from syrupy.extensions.json import JSONSnapshotExtension
 
 ASSET_HASH = re.compile(r"[0-9a-f]{64}")
