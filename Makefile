@@ -8,9 +8,8 @@ export CDK_DISABLE_CLI_TELEMETRY := true
 export PYTHONDONTWRITEBYTECODE := 1
 CDK := npx --no-install cdk
 ENV_CTX := $(if $(ENV),-c env=$(ENV),)
-STACKS := $(if $(ENV),--all,--all)
 
-.PHONY: help setup synth test lint diff deploy deploy-local local-down lab bench cost diagrams clean
+.PHONY: help setup synth test lint diff deploy clean snapshot-update deploy-local local-down cost diagrams
 
 help:
 	@echo "make deploy-local [ENV=name]  deploy every environment (or one) to a local AWS emulator and verify it"
@@ -62,14 +61,6 @@ lab: setup
 bench-load: setup
 	$(PY) -m bench.load
 
-# --- cost and diagrams ---
-# Both read the synthesized templates (cdk.out), synthesizing first when they are older than the code.
-cost: setup
-	$(PY) -m tools.cost $(if $(ENV),--env $(ENV),)
-
-diagrams: setup
-	$(PY) -m tools.diagrams $(if $(ENV),--env $(ENV),)
-
 # --- local AWS emulator ---
 # `cdk deploy` for real, to moto's server on loopback; see tools/local_aws.py.
 deploy-local: setup
@@ -77,3 +68,14 @@ deploy-local: setup
 
 local-down:
 	$(PY) -m tools.local_aws down
+
+snapshot-update: setup
+	$(VENV)/bin/python -m pytest tests/test_snapshots.py --snapshot-update -q
+
+# --- cost and diagrams ---
+# Both read the synthesized templates (cdk.out), synthesizing first when they are older than the code.
+cost: setup
+	$(PY) -m tools.cost $(if $(ENV),--env $(ENV),)
+
+diagrams: setup
+	$(PY) -m tools.diagrams $(if $(ENV),--env $(ENV),)
