@@ -36,13 +36,17 @@ class ServerLogs(Construct):
     }
 
     def __init__(self, scope: Construct, construct_id: str, *, prefix: str, retention_days: int,
-                 removal_policy: RemovalPolicy) -> None:
+                 removal_policy: RemovalPolicy, nginx: bool, postgresql: bool) -> None:
+        """`nginx`: some server runs the in-server proxy (stage 4); `postgresql`: some server runs
+        PostgreSQL itself (not RDS). Only streams that something writes get a log group."""
         super().__init__(scope, construct_id)
         self.prefix = prefix
+        self.streams = {name: path for name, path in self.STREAMS.items()
+                        if (nginx or not name.startswith("nginx")) and (postgresql or name != "postgresql")}
         self.groups = {
             name: logs.LogGroup(self, name.title().replace("-", ""), log_group_name=self.group_name(name),
                                 retention=RETENTION_DAYS[retention_days], removal_policy=removal_policy)
-            for name in self.STREAMS
+            for name in self.streams
         }
 
     def group_name(self, stream: str) -> str:
@@ -78,7 +82,7 @@ class ServerLogs(Construct):
             "logs": {"logs_collected": {"files": {"collect_list": [
                 {"file_path": path, "log_group_name": self.group_name(name),
                  "log_stream_name": "{instance_id}", "retention_in_days": -1}
-                for name, path in self.STREAMS.items()]}}},
+                for name, path in self.streams.items()]}}},
         }
         start = ("/opt/aws/amazon-cloudwatch-agent/bin/amazon-cloudwatch-agent-ctl -a fetch-config -m ec2 -s "
                  f"-c file:{AGENT_CONFIG}")

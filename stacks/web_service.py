@@ -14,7 +14,7 @@ from cdk_constructs.monitoring import ServiceMonitoring
 from cdk_constructs.network import RETENTION_DAYS, Network
 from cdk_constructs.observability import ServerLogs
 from cdk_constructs.stages import STAGES
-from envconfig import EnvironmentConfig
+from envconfig import EnvironmentConfig, Stage
 
 
 class WebServiceStack(Stack):
@@ -43,7 +43,9 @@ class WebServiceStack(Stack):
         stateful_removal = RemovalPolicy.RETAIN if config.is_production else RemovalPolicy.DESTROY
         self.server_logs = ServerLogs(self, "Logs", prefix=config.stack_name,
                                       retention_days=config.operations.log_retention_days,
-                                      removal_policy=stateful_removal)
+                                      removal_policy=stateful_removal,
+                                      nginx=config.stage == Stage.MULTI_PROCESS,
+                                      postgresql=config.database.kind == "ec2")
         self.service = STAGES[int(config.stage)](
             self, "Service", config=config, network=self.network, notifications=self.alarm_topic,
             server_logs=self.server_logs, custom_resources_allowed=custom_resources)

@@ -22,19 +22,19 @@ COMMON = {
     "NetworkFlowLogs2BEC3212": "Network/FlowLogs/Resource",
     "AlarmTopicKey57B0D3A7": "AlarmTopicKey/Resource",
     "LogsAppF4BD4232": "Logs/App/Resource",
-    "LogsNginxAccess23484B0C": "Logs/NginxAccess/Resource",
-    "LogsNginxError0D1C67AB": "Logs/NginxError/Resource",
     "LogsCfnInit90C3899D": "Logs/CfnInit/Resource",
-    "LogsPostgresqlBDFEAA09": "Logs/Postgresql/Resource",
 }
+POSTGRESQL_LOGS = {"LogsPostgresqlBDFEAA09": "Logs/Postgresql/Resource"}
+NGINX_LOGS = {"LogsNginxAccess23484B0C": "Logs/NginxAccess/Resource",
+              "LogsNginxError0D1C67AB": "Logs/NginxError/Resource"}
 
 PINNED = {
-    "dev": {
+    "dev": POSTGRESQL_LOGS | {
         "ServiceDatabaseSecret176BF66F": "Service/DatabaseSecret/Resource",
         "ServiceAppServerElasticIpEC472C3E": "Service/AppServer/ElasticIp",
         "BackupVaultADF21B19": "Backup/Vault/Resource",
     },
-    "staging": {
+    "staging": POSTGRESQL_LOGS | {
         "ServiceDatabaseSecret18A24063": "Service/Database/Secret/Resource",
         "ServiceDatabaseData134234E8": "Service/Database/Data/Resource",
         "BackupVaultADF21B19": "Backup/Vault/Resource",
@@ -42,7 +42,7 @@ PINNED = {
         "ServiceLoadBalancerAccessLogsAudit4E09E458": "Service/LoadBalancer/AccessLogsAudit/Resource",
         "ServiceLoadBalancerAccessLogsDE1D0C2B": "Service/LoadBalancer/AccessLogs/Resource",
     },
-    "prod": {
+    "prod": NGINX_LOGS | {
         "ServiceDatabaseSecret18A24063": "Service/Database/Secret/Resource",
         "ServiceDatabaseInstance13D659BC": "Service/Database/Instance/Resource",
         "NetworkVpcPublicSubnet1EIPE0D52090": "Network/Vpc/PublicSubnet1/EIP",
@@ -72,5 +72,5 @@ def test_moving_from_stage_3_to_4_keeps_every_stateful_resource(synthesized_temp
         return {lid for lid, r in synthesized_templates[env]["Resources"].items()
                 # the database kind (EC2 in staging, RDS in prod) and the NAT count differ
                 if r["Type"] in STATEFUL_TYPES - {"AWS::RDS::DBInstance", "AWS::EC2::Volume", "AWS::EC2::EIP",
-                                                  "AWS::Backup::BackupVault"}}
+                                                  "AWS::Backup::BackupVault", "AWS::Logs::LogGroup"}}
     assert stateful("staging") == stateful("prod")

@@ -52,7 +52,10 @@ def test_logs_go_to_cloudwatch_with_the_configured_retention(synthesized_templat
     config = load_environment(env)
     groups = {r["Properties"]["LogGroupName"]: r for r in resources(synthesized_templates[env], "AWS::Logs::LogGroup").values()
               if "LogGroupName" in r["Properties"]}
-    for stream in ("app", "nginx-access", "nginx-error"):
+    streams = ["app", "cfn-init"] + (["nginx-access", "nginx-error"] if config.stage == 4 else []) + (
+        ["postgresql"] if config.database.kind == "ec2" else [])
+    assert sorted(g.rsplit("/", 1)[1] for g in groups) == sorted(streams)
+    for stream in streams:
         group = groups[f"/staged-web-{env}/{stream}"]
         assert group["Properties"]["RetentionInDays"] == config.operations.log_retention_days
         assert group["DeletionPolicy"] == ("Retain" if config.is_production else "Delete")
