@@ -36,6 +36,8 @@ ENV_FILE = "/etc/webapp/app.env"
 SECRET_DIR = "/run/webapp"  # tmpfs: the password never reaches the disk or survives a reboot
 PASSWORD_FILE = f"{SECRET_DIR}/db-password"
 LIBEXEC_DIR = "/usr/local/libexec/webapp"
+LOG_DIR = "/var/log/webapp"  # the units append the app's output here; the CloudWatch agent ships it
+LOGROTATE_CONF = "/etc/logrotate.d/webapp"
 FETCH_PASSWORD_SCRIPT = f"{LIBEXEC_DIR}/fetch-db-password"
 FETCH_PASSWORD_UNIT = "webapp-db-password.service"
 UNIT_DIR = "/etc/systemd/system"
@@ -77,7 +79,7 @@ class ServerLayout:
             object.__setattr__(self, "processes", 1)  # only stage 4 runs several copies
         last_app_port = self.first_app_port + self.processes - 1
         _check(0 < self.service_port < 65536, f"service_port out of range: {self.service_port}")
-        _check(0 < self.first_app_port and last_app_port < 65536,
+        _check(self.first_app_port > 0 and last_app_port < 65536,
                f"app ports {self.first_app_port}..{last_app_port} out of range")
         _check(self.stage < 4 or not self.first_app_port <= self.service_port <= last_app_port,
                f"service_port {self.service_port} collides with the app ports")
@@ -183,7 +185,7 @@ def app_units(layout: ServerLayout) -> list[str]:
 
 
 def app_server_packages(layout: ServerLayout, *, database: DatabaseEndpoint | None = None) -> list[str]:
-    packages = [PYTHON, f"{PYTHON}-pip"]
+    packages = [PYTHON, f"{PYTHON}-pip", "logrotate"]
     if layout.stage == 4:
         packages.append("nginx")
     if database is not None and database.secret_arn:
@@ -198,6 +200,8 @@ def app_server_files(layout: ServerLayout, database: DatabaseEndpoint) -> dict[s
         files[NGINX_CONF] = ServerFile(nginx_config(layout))
     else:
         files[f"{UNIT_DIR}/app.service"] = ServerFile(_app_unit(layout, database, bind=app_binds(layout)[0]))
+    files[LOGROTATE_CONF] = ServerFile(
+        f"{LOG_DIR}/*.log {{\n  daily\n  rotate 7\n  compress\n  missingok\n  notifempty\n  copytruncate\n}}\n")
     files.update(_password_fetch_files(database))
     return files
 
@@ -250,6 +254,10 @@ SystemCallArchitectures=native
 UMask=0077"""
 
 
+def _log_name(layout: ServerLayout) -> str:
+    return "app-%i.log" if layout.stage == 4 else "app.log"
+
+
 def _app_unit(layout: ServerLayout, database: DatabaseEndpoint, *, bind: str) -> str:
     # '%' is a systemd specifier: escape the user's command, then put the instance (%i) back.
     marker = "\0port\0"
@@ -267,7 +275,10 @@ def _app_unit(layout: ServerLayout, database: DatabaseEndpoint, *, bind: str) ->
         service += [f"LoadCredential=db-password:{PASSWORD_FILE}", "Environment=DB_PASSWORD_FILE=%d/db-password"]
     service += [f"ExecStart={command}", "Restart=always", f"RestartSec={int(RESTART_DELAY_SEC * 1000)}ms",
                 # SIGTERM to gunicorn's master only; it stops its worker gracefully.
-                "KillMode=mixed", "TimeoutStopSec=35", _HARDENING]
+                "KillMode=mixed", "TimeoutStopSec=35",
+                # A file per copy, so the CloudWatch agent can ship it; logrotate truncates it daily.
+                "LogsDirectory=webapp", f"StandardOutput=append:{LOG_DIR}/{_log_name(layout)}", "StandardError=inherit",
+                _HARDENING]
     if layout.stage == 4:
         service += ["CapabilityBoundingSet="]
     else:  # the app itself listens on a privileged port, as a non-root user

@@ -16,34 +16,30 @@ APP_CONFIG_SET = "webapp"
 UPDATES_CONFIG = "updates"
 
 
-def _config(packages: list[str], files: dict[str, render.ServerFile], commands: list[tuple[str, str]],
-            sources: list[ec2.InitElement] = ()) -> ec2.InitConfig:
-    elements: list[ec2.InitElement] = [ec2.InitPackage.yum(name) for name in packages]
+def _config(part: render.ServerBootstrap, sources: list[ec2.InitElement] = ()) -> ec2.InitConfig:
+    elements: list[ec2.InitElement] = [ec2.InitPackage.yum(name) for name in part.packages]
     elements += list(sources)
     elements += [ec2.InitFile.from_string(path, f.content, mode=f.mode, owner=f.owner, group=f.group)
-                 for path, f in sorted(files.items())]
+                 for path, f in sorted(part.files.items())]
     # cfn-init runs a config's commands in the order of their keys, so number them.
-    elements += [ec2.InitCommand.shell_command(cmd, key=f"{i:02d}-{name}") for i, (name, cmd) in enumerate(commands)]
+    elements += [ec2.InitCommand.shell_command(cmd, key=f"{i:02d}-{name}")
+                 for i, (name, cmd) in enumerate(part.commands)]
     return ec2.InitConfig(elements)
 
 
 def app_server_init(layout: render.ServerLayout, database: render.DatabaseEndpoint, *,
-                    local_database: render.DatabaseEndpoint | None = None,
-                    local_database_cidr: str = "127.0.0.1/32",
+                    local_database: bool = False,
                     in_place_updates: bool = False,
                     agent: ec2.InitConfig | None = None) -> ec2.CloudFormationInit:
     """The app tier of one server; with `local_database`, PostgreSQL on the same host (stage 1).
 
     `agent` (the CloudWatch agent) goes first, so a server that fails later still ships its logs."""
     configs: dict[str, ec2.InitConfig] = {"agent": agent} if agent else {}
-    if local_database is not None:
-        configs["database"] = _config(render.database_server_packages(),
-                                      render.database_server_files(local_database, local_database_cidr),
-                                      render.database_server_commands(local_database))
+    if local_database:
+        configs["database"] = _config(render.single_server_database(database))
+    # The app's code ships as an S3 asset: a change to it is a new asset, hence new Init metadata.
     app_source = ec2.InitSource.from_asset(f"{layout.app_root}/app", str(render.APP_SOURCE_DIR))
-    configs["app"] = _config(render.app_server_packages(layout, database=database),
-                             render.app_server_files(layout, database),
-                             render.app_server_commands(layout), sources=[app_source])
+    configs["app"] = _config(render.app_server_bootstrap(layout, database), sources=[app_source])
     return _init(configs, in_place_updates)
 
 
@@ -53,10 +49,8 @@ def database_server_init(database: render.DatabaseEndpoint, *, allowed_cidr: str
     """PostgreSQL on its own server; `before` runs first (e.g. attaching the data volume)."""
     configs: dict[str, ec2.InitConfig] = {"agent": agent} if agent else {}
     if before:
-        configs["storage"] = _config([], {}, list(before))
-    configs["database"] = _config(render.database_server_packages(),
-                                  render.database_server_files(database, allowed_cidr),
-                                  render.database_server_commands(database))
+        configs["storage"] = _config(render.ServerBootstrap(commands=list(before)))
+    configs["database"] = _config(render.database_server_bootstrap(database, allowed_cidr))
     return _init(configs, in_place_updates)
 
 
@@ -84,13 +78,13 @@ def apply_with_in_place_updates(instance: ec2.Instance, init: ec2.CloudFormation
     logical_id = stack.get_logical_id(instance.node.default_child)
     reload_action = (f"/opt/aws/bin/cfn-init -v --stack {stack.stack_name} --resource {logical_id} "
                      f"--configsets {APP_CONFIG_SET} --region {stack.region}")
-    init.add_config(UPDATES_CONFIG, _config([], {
+    init.add_config(UPDATES_CONFIG, _config(render.ServerBootstrap(files={
         "/etc/cfn/cfn-hup.conf": render.ServerFile(
             f"[main]\nstack={stack.stack_id}\nregion={stack.region}\ninterval=1\n", mode="000400"),
         "/etc/cfn/hooks.d/cfn-auto-reloader.conf": render.ServerFile(
             "[cfn-auto-reloader-hook]\ntriggers=post.update\n"
             f"path=Resources.{logical_id}.Metadata.AWS::CloudFormation::Init\n"
             f"action={reload_action}\nrunas=root\n", mode="000400"),
-    }, [("enable-cfn-hup", "systemctl enable --now cfn-hup.service")]))
+    }, commands=[("enable-cfn-hup", "systemctl enable --now cfn-hup.service")])))
     instance.apply_cloud_formation_init(init, config_sets=[APP_CONFIG_SET], timeout=signal_timeout,
                                         print_log=True, ignore_failures=False, embed_fingerprint=False)

@@ -11,11 +11,10 @@ from aws_cdk import aws_iam as iam
 from aws_cdk import aws_logs as logs
 from constructs import Construct
 
+from app_tier import render
 from cdk_constructs.nag import acknowledge
 from cdk_constructs.network import RETENTION_DAYS
 
-# Where the app units append their output (app_tier.render writes the units).
-APP_LOG_DIR = "/var/log/webapp"
 AGENT_CONFIG = "/opt/aws/amazon-cloudwatch-agent/etc/amazon-cloudwatch-agent.json"
 AGENT_NAMESPACE = "CWAgent"
 # Disk metrics are published per instance and mount point, with no other dimensions, so an
@@ -28,7 +27,7 @@ class ServerLogs(Construct):
     ships them. Exposes `groups` (name -> LogGroup) and `init_config(...)`."""
 
     STREAMS = {
-        "app": f"{APP_LOG_DIR}/*.log",
+        "app": f"{render.LOG_DIR}/*.log",
         "nginx-access": "/var/log/nginx/access.log",
         "nginx-error": "/var/log/nginx/error.log",
         "cfn-init": "/var/log/cfn-init.log",

@@ -224,3 +224,24 @@ def test_pipeline_template_passes_cfn_lint(pipeline_assembly):
     result = subprocess.run([str(cfn_lint), "--", str(Path(assembly.directory) / stack.template_file)],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout
+
+
+@pytest.mark.parametrize("stage", [1, 4])
+def test_the_cloudwatch_agent_ships_the_files_the_servers_write(stage):
+    """The agent's file paths and the rendered units / nginx config must agree, or logs vanish."""
+    import fnmatch
+
+    from cdk_constructs.observability import ServerLogs
+
+    layout = render.ServerLayout(stage=stage, processes=2)
+    database = render.DatabaseEndpoint(host="10.0.0.5", secret_arn="arn:aws:secretsmanager:ap-northeast-2:1:secret:x")
+    files = render.app_server_files(layout, database)
+    units = [f.content for path, f in files.items() if path.endswith(".service") and "/app" in path]
+    written = [line.split("append:", 1)[1] for unit in units for line in unit.splitlines()
+               if line.startswith("StandardOutput=append:")]
+    assert written
+    for path in written:
+        assert fnmatch.fnmatch(path.replace("%i", "8001"), ServerLogs.STREAMS["app"]), path
+    if stage == 4:
+        nginx = files[render.NGINX_CONF].content
+        assert ServerLogs.STREAMS["nginx-access"] in nginx and ServerLogs.STREAMS["nginx-error"] in nginx

@@ -27,7 +27,7 @@ class SingleServer(StageBase):
         local = render.DatabaseEndpoint(host="127.0.0.1", port=cfg.database.port, name=cfg.database.name,
                                         user=cfg.database.user, secret_arn=self.database_secret.secret_arn,
                                         region=self.region)
-        init = bootstrap.app_server_init(self.server_layout(), local, local_database=local,
+        init = bootstrap.app_server_init(self.server_layout(), local, local_database=True,
                                          in_place_updates=True,
                                          agent=self.server_logs.agent_init(mount_points=["/"]))
         self.app_servers = AppServer(
