@@ -257,7 +257,7 @@ class Lab:
                **render.app_environment(self.layout, database, password_file=str(password_file))}
         binds = render.app_binds(self.layout, public_host="127.0.0.1")
         programs = {name: shlex.split(render.app_start_command(self.layout, bind))
-                    for name, bind in zip(self._copy_names(), binds)}
+                    for name, bind in zip(self._copy_names(), binds, strict=False)}
         self._apps = Supervisor(programs, env=env, cwd=app_root / "app", log_dir=self.dir / "logs")
         self._apps.start()
         for url in self.app_urls():
@@ -340,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
             front = "nginx" if lab.stage == 4 else "the app itself"
             print(f"lab: stage {lab.stage}, {lab.processes} app process(es) behind {front}, PostgreSQL "
                   f"on 127.0.0.1:{lab.database.port}; files in {lab.dir}")
-            for url, pid in zip(lab.app_urls(), lab.app_pids()):
+            for url, pid in zip(lab.app_urls(), lab.app_pids(), strict=False):
                 print(f"lab:   copy {url} (pid {pid})")
             print(f"lab: serving {lab.url}/  (also /health, /ready, /work?n=100000); Ctrl-C stops")
             sys.stdout.flush()

@@ -8,6 +8,7 @@ group is empty the program starts again after RestartSec (render.RESTART_DELAY_S
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -22,10 +23,8 @@ STOP_TIMEOUT_SEC = 10  # systemd's TimeoutStopSec, shorter for the lab
 
 
 def _kill_group(pgid: int, sig: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def _group_alive(pgid: int) -> bool:

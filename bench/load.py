@@ -98,9 +98,9 @@ def main(argv: list[str] | None = None) -> int:
         results: list[list[dict[str, float]]] = [[] for _ in cases]
         for turn in range(args.rounds):
             print(f"bench: round {turn + 1}/{args.rounds}, {len(cases)} cases x {per_round} s", file=sys.stderr)
-            for (_, url, conns), case_results in zip(cases, results):
+            for (_, url, conns), case_results in zip(cases, results, strict=False):
                 case_results.append(run(url, per_round, conns))
-        rows = [(label, conns, _combine(r)) for (label, _, conns), r in zip(cases, results)]
+        rows = [(label, conns, _combine(r)) for (label, _, conns), r in zip(cases, results, strict=False)]
     a, b, direct, proxied = (row[2] for row in rows)
     print(f"\nLoad benchmark: {os.cpu_count()} cores, {tool}, {args.rounds} rounds x {per_round} s per case "
           f"(figures: median of the rounds); CPU already busy with other work before the run: {busy:.0%}\n")

@@ -60,3 +60,14 @@ def test_cdk_cli_synthesizes_every_environment_offline_without_credentials(tmp_p
     assert "end-of-life" not in result.stderr   # Node 22 from package.json, not the machine's Node 20
     for name in ("dev", "staging", "prod"):
         assert (tmp_path / "out" / f"staged-web-{name}.template.json").is_file()
+
+
+def test_ruff_finds_nothing():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    ruff = Path(sys.executable).parent / "ruff"
+    result = subprocess.run([str(ruff), "check", "--output-format", "concise", "."], cwd=ROOT,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout

@@ -7,6 +7,7 @@ in `.local/emulator.json`; its log goes to `.local/emulator.log`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -184,16 +185,12 @@ def _terminate(pid: int, timeout_sec: float = 10.0) -> None:
         return
     deadline = time.monotonic() + timeout_sec
     while _pid_alive(pid) and time.monotonic() < deadline:
-        try:
+        with contextlib.suppress(ChildProcessError):
             os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            pass
         time.sleep(0.05)
     if _pid_alive(pid):
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 def stop(state_dir: Path = DEFAULT_STATE_DIR) -> Emulator | None:
