@@ -7,6 +7,7 @@ from aws_cdk import aws_sns as sns
 from constructs import Construct
 
 from app_tier import render
+from cdk_constructs.app_servers import AppServer
 from cdk_constructs.monitoring import ServiceMonitoring
 from cdk_constructs.network import Network
 from cdk_constructs.observability import ServerLogs
@@ -56,6 +57,24 @@ class StageBase(Construct):
                       description="SSM parameter holding the created key pair's private key").override_logical_id(
                           "KeyPairParameter")
         self.url = url
+
+    def build_app_server(self, init) -> AppServer:
+        """Stages 1–2: one public app server with its logs, outputs and place on the dashboard."""
+        cfg = self.config
+        self.app_servers = AppServer(
+            self, "AppServer", vpc=self.network.vpc, subnets=self.network.public_subnets,
+            instance_type=cfg.servers.instance_type, machine_image=self.machine_image, init=init,
+            service_port=self.server_layout().service_port, key_pair=self.key_pair,
+            admin_cidrs=cfg.access.admin_cidrs, protect=self.protect, root_volume_gib=cfg.servers.root_volume_gib)
+        self.server_logs.grant(self.app_servers.role, server="AppServer")
+        self.add_outputs(url=self.app_servers.url,
+                         session_manager_command=self.app_servers.session_manager_command(self.region))
+        return self.app_servers
+
+    def watch_app_server(self, monitoring: ServiceMonitoring) -> None:
+        instance_id = self.app_servers.instance.instance_id
+        monitoring.watch_servers("App server", dimensions={"InstanceId": instance_id},
+                                 disk_paths={"Root": "/"}, instance_id=instance_id)
 
     def watch(self, monitoring: ServiceMonitoring) -> None:
         """Add this stage's servers and database to the dashboard and alarms."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 from aws_cdk import aws_backup as backup
 
 from cdk_constructs import bootstrap
-from cdk_constructs.app_servers import AppServer
 from cdk_constructs.database import DATA_MOUNT, Database
 from cdk_constructs.stages.base import StageBase
 
@@ -51,23 +50,12 @@ class SeparateDatabase(DatabaseStage):
 
     def __init__(self, scope, construct_id, **kwargs) -> None:
         super().__init__(scope, construct_id, **kwargs)
-        cfg = self.config
         database = self.build_database()
         layout = self.server_layout()
-        self.app_servers = AppServer(
-            self, "AppServer", vpc=self.network.vpc, subnets=self.network.public_subnets,
-            instance_type=cfg.servers.instance_type, machine_image=self.machine_image,
-            init=bootstrap.app_server_init(layout, database.endpoint, in_place_updates=True,
-                                           agent=self.app_agent()),
-            service_port=layout.service_port, key_pair=self.key_pair, admin_cidrs=cfg.access.admin_cidrs,
-            protect=self.protect, root_volume_gib=cfg.servers.root_volume_gib)
+        self.build_app_server(bootstrap.app_server_init(layout, database.endpoint, in_place_updates=True,
+                                                        agent=self.app_agent()))
         self.connect_database(self.app_servers)
-        self.server_logs.grant(self.app_servers.role, server="AppServer")
-        self.add_outputs(url=self.app_servers.url,
-                         session_manager_command=self.app_servers.session_manager_command(self.region))
 
     def watch(self, monitoring) -> None:
-        instance_id = self.app_servers.instance.instance_id
-        monitoring.watch_servers("App server", dimensions={"InstanceId": instance_id},
-                                 disk_paths={"Root": "/"}, instance_id=instance_id)
+        self.watch_app_server(monitoring)
         self.watch_database(monitoring)

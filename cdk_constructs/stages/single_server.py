@@ -8,7 +8,6 @@ from aws_cdk import aws_rds as rds
 
 from app_tier import render
 from cdk_constructs import bootstrap
-from cdk_constructs.app_servers import AppServer
 from cdk_constructs.nag import acknowledge
 from cdk_constructs.stages.base import StageBase
 
@@ -30,20 +29,11 @@ class SingleServer(StageBase):
         init = bootstrap.app_server_init(self.server_layout(), local, local_database=True,
                                          in_place_updates=True,
                                          agent=self.server_logs.agent_init(mount_points=["/"]))
-        self.app_servers = AppServer(
-            self, "AppServer", vpc=self.network.vpc, subnets=self.network.public_subnets,
-            instance_type=cfg.servers.instance_type, machine_image=self.machine_image, init=init,
-            service_port=self.server_layout().service_port, key_pair=self.key_pair,
-            admin_cidrs=cfg.access.admin_cidrs, protect=self.protect, root_volume_gib=cfg.servers.root_volume_gib)
+        self.build_app_server(init)
         self.database_secret.grant_read(self.app_servers.role)
-        self.server_logs.grant(self.app_servers.role, server="AppServer")
-        self.add_outputs(url=self.app_servers.url,
-                         session_manager_command=self.app_servers.session_manager_command(self.region))
 
     def watch(self, monitoring) -> None:
-        instance_id = self.app_servers.instance.instance_id
-        monitoring.watch_servers("App server", dimensions={"InstanceId": instance_id},
-                                 disk_paths={"Root": "/"}, instance_id=instance_id)
+        self.watch_app_server(monitoring)
 
     def backed_up_resources(self) -> list:
         # The database lives on this server's root volume: back up the whole instance.
