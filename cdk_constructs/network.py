@@ -31,7 +31,8 @@ class Network(Construct):
 
     def __init__(self, scope: Construct, construct_id: str, *, cidr: str, availability_zones: list[str],
                  nat_gateways: int, interface_endpoints: bool, flow_log_retention: logs.RetentionDays,
-                 restrict_default_security_group: bool = True) -> None:
+                 restrict_default_security_group: bool = True,
+                 flow_log_removal: RemovalPolicy = RemovalPolicy.DESTROY) -> None:
         super().__init__(scope, construct_id)
         subnets = [
             ec2.SubnetConfiguration(name="Public", subnet_type=ec2.SubnetType.PUBLIC, cidr_mask=24,
@@ -42,7 +43,7 @@ class Network(Construct):
             subnets.append(ec2.SubnetConfiguration(name="Private", subnet_type=ec2.SubnetType.PRIVATE_WITH_EGRESS,
                                                    cidr_mask=22))
         self.flow_log_group = logs.LogGroup(self, "FlowLogs", retention=flow_log_retention,
-                                            removal_policy=RemovalPolicy.DESTROY)
+                                            removal_policy=flow_log_removal)
         self.vpc = ec2.Vpc(
             self, "Vpc",
             ip_addresses=ec2.IpAddresses.cidr(cidr),

@@ -217,7 +217,7 @@ def _instance_type(r: _Reader, field: str, value: str, architecture: str | None)
     if size not in sizes:
         r.fail(field, f"got {value!r}: unknown size {size!r} for {family}; allowed: {', '.join(sizes)}")
     if architecture and INSTANCE_FAMILIES[family] != architecture:
-        r.fail(field, f"got {value!r}, a {INSTANCE_FAMILIES[family]} family, but servers.architecture is "
+        r.fail(field, f"got {value!r}, an {INSTANCE_FAMILIES[family]} instance family, but servers.architecture is "
                       f"{architecture!r}; pick a family of that architecture")
 
 

@@ -29,6 +29,7 @@ class WebServiceStack(Stack):
                          termination_protection=config.is_production)
         self._azs = list(config.network.availability_zones)
         custom_resources = target != "emulator" or config.emulator.custom_resources
+        stateful_removal = RemovalPolicy.RETAIN if config.is_production else RemovalPolicy.DESTROY
         Tags.of(self).add("project", config.project)
         Tags.of(self).add("environment", config.name)
 
@@ -36,11 +37,10 @@ class WebServiceStack(Stack):
             self, "Network", cidr=config.network.vpc_cidr, availability_zones=self._azs,
             nat_gateways=config.network.nat_gateways, interface_endpoints=config.network.interface_endpoints,
             flow_log_retention=RETENTION_DAYS[config.network.flow_log_retention_days],
-            restrict_default_security_group=custom_resources)
+            restrict_default_security_group=custom_resources, flow_log_removal=stateful_removal)
         self.alarm_topic = self._alarm_topic()
         if config.operations.alarm_email:
             self.alarm_topic.add_subscription(subscriptions.EmailSubscription(config.operations.alarm_email))
-        stateful_removal = RemovalPolicy.RETAIN if config.is_production else RemovalPolicy.DESTROY
         self.server_logs = ServerLogs(self, "Logs", prefix=config.stack_name,
                                       retention_days=config.operations.log_retention_days,
                                       removal_policy=stateful_removal,

@@ -56,7 +56,7 @@ BAD_VALUES = [
     (PROD, "servers.processes_per_server", 0, "servers.processes_per_server", "1 to 64"),
     (PROD, "servers.instance_type", "x9.large", "servers.instance_type", "unknown instance family 'x9'"),
     (PROD, "servers.instance_type", "t3.huge", "servers.instance_type", "unknown size 'huge'"),
-    (PROD, "servers.instance_type", "t4g.medium", "servers.instance_type", "arm64 family"),
+    (PROD, "servers.instance_type", "t4g.medium", "servers.instance_type", "an arm64 instance family"),
     (PROD, "servers.architecture", "sparc", "servers.architecture", "x86_64, arm64"),
     (PROD, "servers.ami", {"us-east-1": "ami-0123456789abcdef0"}, "servers.ami", "no AMI for region"),
     (PROD, "servers.ami", "ubuntu", "servers.ami", "al2023"),

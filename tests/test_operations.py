@@ -95,7 +95,7 @@ def test_prod_keeps_every_stateful_resource_and_protects_the_database(synthesize
     template = synthesized_templates["prod"]
     for lid, res in template["Resources"].items():
         # Data holders; the VPC and EIPs hold none (the stack itself has termination protection).
-        if res["Type"] in STATEFUL_TYPES - {"AWS::EC2::EIP", "AWS::EC2::VPC", "AWS::Logs::LogGroup"}:
+        if res["Type"] in STATEFUL_TYPES - {"AWS::EC2::EIP", "AWS::EC2::VPC"}:
             assert res.get("DeletionPolicy") in ("Retain", "Snapshot"), lid
     (db,) = resources(template, "AWS::RDS::DBInstance").values()
     assert db["Properties"]["DeletionProtection"] is True
