@@ -9,7 +9,7 @@ export PYTHONDONTWRITEBYTECODE := 1
 CDK := npx --no-install cdk
 ENV_CTX := $(if $(ENV),-c env=$(ENV),)
 
-.PHONY: help setup synth test lint diff deploy clean snapshot-update deploy-local local-down cost diagrams
+.PHONY: help setup synth test lint diff deploy clean snapshot-update deploy-local local-down cost diagrams bench
 
 help:
 	@echo "make deploy-local [ENV=name]  deploy every environment (or one) to a local AWS emulator and verify it"
@@ -79,3 +79,7 @@ cost: setup
 
 diagrams: setup
 	$(PY) -m tools.diagrams $(if $(ENV),--env $(ENV),)
+
+# --- benchmarks ---
+bench: bench-load
+	$(PY) -m bench.deploy_local
