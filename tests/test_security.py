@@ -36,9 +36,13 @@ def test_only_the_web_entry_point_is_open_to_the_internet(synthesized_templates,
 @pytest.mark.parametrize("env", ALL)
 def test_database_port_is_reachable_only_from_the_app_servers(synthesized_templates, cdk_app, env):
     config = _config(cdk_app, env)
-    if config.stage == Stage.SINGLE_SERVER:
-        pytest.skip("stage 1 runs PostgreSQL on the app server, on localhost")
     template = synthesized_templates[env]
+    if config.stage == Stage.SINGLE_SERVER:
+        # PostgreSQL runs on the app server and listens on localhost only: no rule opens its port.
+        assert not [r for r in ingress_rules(template) if r.from_port == config.database.port]
+        (server,) = resources(template, "AWS::EC2::Instance").values()
+        assert "listen_addresses = 'localhost'" in json.dumps(server["Metadata"]).replace("\\n", "\n")
+        return
     db_group = logical_id(template, "Service/Database/SecurityGroup/Resource")
     app_group = logical_id(template, "Service/AppServer/SecurityGroup/Resource" if config.stage < 3
                            else "Service/AppServers/SecurityGroup/Resource")
