@@ -41,6 +41,9 @@ class AppServer(Construct):
             security_group=self.security_group, role=self.role, require_imdsv2=True,
             block_devices=[root_volume(root_volume_gib)], detailed_monitoring=True,
             disable_api_termination=protect, key_pair=key_pair.key_pair,
+            # The Elastic IP is attached only after the instance has signalled success, and to
+            # signal (and to fetch packages) at first boot it needs a public address already.
+            associate_public_ip_address=True,
         )
         if not protect:
             acknowledge(self.instance, "AwsSolutions-EC29",

@@ -260,3 +260,15 @@ def test_ec2_database_keeps_data_on_its_own_volume_and_updates_in_place(synthesi
     assert volume["Properties"]["AvailabilityZone"] == server["Properties"]["AvailabilityZone"]
     init = json.dumps(server["Metadata"]["AWS::CloudFormation::Init"])
     assert "cfn-hup" in init and "attach-volume" in init
+
+
+@pytest.mark.parametrize("env", ["dev", "stage2ec2"])
+def test_a_public_server_can_signal_before_its_elastic_ip_is_attached(synthesized_templates, env):
+    """The EIP association waits for the instance's success signal; without an address of its
+    own at first boot the server could not reach CloudFormation (or PyPI) and would time out."""
+    template = synthesized_templates[env]
+    (server,) = [r for r in resources(template, "AWS::EC2::Instance").values() if "AppServer" in path_of(r)]
+    (interface,) = server["Properties"]["NetworkInterfaces"]
+    assert interface["AssociatePublicIpAddress"] is True
+    (eip,) = resources(template, "AWS::EC2::EIP").values()
+    assert eip["Properties"]["InstanceId"] == {"Ref": logical_id(template, "Service/AppServer/Instance/Resource")}

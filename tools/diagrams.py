@@ -166,10 +166,13 @@ class _Drawing:
         for inst in self.t.of_type("AWS::EC2::Instance"):
             data = _launch_data(self.t, inst.get("LaunchTemplate"))
             role = "database server" if inst.is_under("Service/Database/") else "app server"
-            found.append(Server(inst.logical_id, role, self.subnets[_ids([inst.get("SubnetId")])[0]],
+            # With a public address at launch, the subnet and groups sit on the network interface.
+            interface = (inst.get("NetworkInterfaces") or [{}])[0]
+            subnet = inst.get("SubnetId") or interface.get("SubnetId")
+            groups = inst.get("SecurityGroupIds") or interface.get("GroupSet") or data.get("SecurityGroupIds")
+            found.append(Server(inst.logical_id, role, self.subnets[_ids([subnet])[0]],
                                 inst.get("InstanceType") or data.get("InstanceType", "?"), software_of(inst),
-                                _ids(inst.get("SecurityGroupIds") or data.get("SecurityGroupIds")),
-                                public_ip=inst.logical_id in eip_for))
+                                _ids(groups), public_ip=inst.logical_id in eip_for))
         for group in self.t.of_type("AWS::AutoScaling::AutoScalingGroup"):
             data = _launch_data(self.t, group.get("LaunchTemplate"))
             zones = [self.subnets[i] for i in _ids(group.get("VPCZoneIdentifier"))]
