@@ -157,3 +157,16 @@ def test_lab_says_which_package_to_install_when_a_tool_is_missing(monkeypatch, c
     assert lab_module.main(["--stage", "4", "--port", "0"]) == 2
     err = capsys.readouterr().err
     assert "install the nginx package" in err and "postgresql-15" in err
+
+
+def test_the_boot_health_gate_passes_against_the_running_layout(lab):
+    """The last bootstrap command (what decides the server's CloudFormation signal) reaches the
+    service on the layout's port and health path; the lab's layout listens where a server's would."""
+    import subprocess
+
+    from app_tier import render
+
+    name, command = render.app_server_commands(lab.layout)[-1]
+    assert name == "24-app-healthy" and command.rstrip().endswith("exit 1")
+    result = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
