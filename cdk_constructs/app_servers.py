@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from aws_cdk import CfnOutput, Duration
+from aws_cdk import Duration
 from aws_cdk import aws_autoscaling as autoscaling
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_sns as sns
@@ -121,6 +121,3 @@ class AppServerGroup(Construct):
                 f"--region {region} --auto-scaling-group-names {self.group.auto_scaling_group_name} "
                 "--query 'AutoScalingGroups[0].Instances[0].InstanceId' --output text)")
 
-
-def url_output(scope: Construct, url: str) -> CfnOutput:
-    return CfnOutput(scope, "Url", value=url, description="Where the service answers")

@@ -58,7 +58,6 @@ class Network(Construct):
             # the gateway endpoint is free and lets isolated servers install packages.
             gateway_endpoints={"S3": ec2.GatewayVpcEndpointOptions(service=ec2.GatewayVpcEndpointAwsService.S3)},
         )
-        self.has_private_subnets = nat_gateways > 0
         if interface_endpoints:
             # One security group for all endpoints, open to the VPC's own range on HTTPS.
             self.endpoint_security_group = ec2.SecurityGroup(
