@@ -68,7 +68,13 @@ class WebServiceStack(Stack):
         # SNS key cannot be used by CloudWatch or Auto Scaling, so the key is the stack's own.
         key = kms.Key(self, "AlarmTopicKey", enable_key_rotation=True,
                       description="Encrypts the alarm and scaling notification topic")
-        for service in ("cloudwatch.amazonaws.com", "autoscaling.amazonaws.com"):
-            key.grant(iam.ServicePrincipal(service), "kms:Decrypt", "kms:GenerateDataKey*")
+        key.grant(iam.ServicePrincipal("cloudwatch.amazonaws.com"), "kms:Decrypt", "kms:GenerateDataKey*")
+        # Auto Scaling publishes as its service-linked role, which may not exist yet in a new
+        # account: name it in a condition, not as a principal (a missing principal fails the policy).
+        key.add_to_resource_policy(iam.PolicyStatement(
+            principals=[iam.AnyPrincipal()], actions=["kms:Decrypt", "kms:GenerateDataKey*"], resources=["*"],
+            conditions={"ArnEquals": {"aws:PrincipalArn": self.format_arn(
+                service="iam", region="", resource="role",
+                resource_name="aws-service-role/autoscaling.amazonaws.com/AWSServiceRoleForAutoScaling")}}))
         return sns.Topic(self, "Alarms", master_key=key, enforce_ssl=True,
                          display_name=f"{self.stack_name} alarms")

@@ -245,3 +245,15 @@ def test_the_cloudwatch_agent_ships_the_files_the_servers_write(stage):
     if stage == 4:
         nginx = files[render.NGINX_CONF].content
         assert ServerLogs.STREAMS["nginx-access"] in nginx and ServerLogs.STREAMS["nginx-error"] in nginx
+
+
+def test_cloudwatch_and_auto_scaling_can_publish_to_the_encrypted_topic(synthesized_templates):
+    """Alarms publish as cloudwatch.amazonaws.com, Auto Scaling as its service-linked role; the
+    AWS-managed SNS key admits neither, so the key's own policy must."""
+    (key,) = resources(synthesized_templates["prod"], "AWS::KMS::Key").values()
+    statements = key["Properties"]["KeyPolicy"]["Statement"]
+    cloudwatch = [s for s in statements if s["Principal"] == {"Service": "cloudwatch.amazonaws.com"}]
+    assert cloudwatch and "kms:GenerateDataKey*" in cloudwatch[0]["Action"]
+    slr = [s for s in statements if "ArnEquals" in s.get("Condition", {})]
+    assert len(slr) == 1 and "AWSServiceRoleForAutoScaling" in json.dumps(slr[0]["Condition"])
+    assert set(slr[0]["Action"]) == {"kms:Decrypt", "kms:GenerateDataKey*"}
