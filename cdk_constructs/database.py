@@ -9,12 +9,14 @@ from __future__ import annotations
 from aws_cdk import Duration, RemovalPolicy, Size, Stack
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_iam as iam
+from aws_cdk import aws_logs as logs
 from aws_cdk import aws_rds as rds
 from constructs import Construct
 
 from app_tier import render
 from cdk_constructs import bootstrap
 from cdk_constructs.nag import acknowledge
+from cdk_constructs.network import RETENTION_DAYS
 from cdk_constructs.observability import ServerLogs
 from cdk_constructs.server import BOOT_SIGNAL_TIMEOUT, KeyPairChoice, ServerRole, root_volume
 
@@ -33,7 +35,8 @@ class Database(Construct):
                  subnets: ec2.SubnetSelection, instance_type: str, machine_image: ec2.IMachineImage,
                  storage_gib: int, name: str, user: str, port: int, removal_policy: RemovalPolicy,
                  protect: bool, backup_retention_days: int, key_pair: KeyPairChoice | None = None,
-                 multi_az: bool = False, server_logs: ServerLogs | None = None) -> None:
+                 multi_az: bool = False, server_logs: ServerLogs | None = None,
+                 log_retention_days: int = 30) -> None:
         super().__init__(scope, construct_id)
         self.kind = kind
         self.port = port
@@ -50,7 +53,8 @@ class Database(Construct):
         if kind == "rds":
             self._build_rds(vpc=vpc, subnets=subnets, instance_type=instance_type, storage_gib=storage_gib,
                             name=name, port=port, removal_policy=removal_policy, protect=protect,
-                            backup_retention_days=backup_retention_days, multi_az=multi_az)
+                            backup_retention_days=backup_retention_days, multi_az=multi_az,
+                            log_retention_days=log_retention_days)
             host = self.instance.db_instance_endpoint_address
         else:
             self._build_ec2(vpc=vpc, subnets=subnets, instance_type=instance_type, machine_image=machine_image,
@@ -64,9 +68,17 @@ class Database(Construct):
                                            default_port=ec2.Port.tcp(port))
 
     def _build_rds(self, *, vpc, subnets, instance_type, storage_gib, name, port, removal_policy, protect,
-                   backup_retention_days, multi_az) -> None:
+                   backup_retention_days, multi_az, log_retention_days) -> None:
+        # RDS creates its log group on first export, with no expiry; CDK's retention setting
+        # needs a Lambda custom resource. A fixed identifier lets the stack own the group instead.
+        identifier = f"{Stack.of(self).stack_name}-database"
+        self.log_group = logs.LogGroup(self, "Logs", log_group_name=f"/aws/rds/instance/{identifier}/postgresql",
+                                       retention=RETENTION_DAYS[log_retention_days],
+                                       # log groups have no snapshot: keep them instead
+                                       removal_policy=RemovalPolicy.RETAIN if removal_policy == RemovalPolicy.SNAPSHOT
+                                       else removal_policy)
         self.instance = rds.DatabaseInstance(
-            self, "Instance",
+            self, "Instance", instance_identifier=identifier,
             engine=rds.DatabaseInstanceEngine.postgres(version=rds.PostgresEngineVersion.VER_17_9),
             instance_type=ec2.InstanceType(instance_type),
             vpc=vpc, vpc_subnets=subnets, security_groups=[self.security_group],
@@ -82,6 +94,7 @@ class Database(Construct):
             auto_minor_version_upgrade=True,
             enable_performance_insights=False,
         )
+        self.instance.node.add_dependency(self.log_group)
         self.server = None
         self.data_volume = None
 

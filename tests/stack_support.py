@@ -45,6 +45,7 @@ def variant_configs() -> list[EnvironmentConfig]:
                  access={"key_pair": "create", "admin_cidrs": ("203.0.113.0/24",)}),
         _variant(prod, "stage2rds", stage=Stage.SEPARATE_DATABASE,
                  network={"vpc_cidr": "10.50.0.0/16", "nat_gateways": 0},
+                 operations={"removal_policy": "snapshot"},
                  servers={"min_servers": 1, "desired_servers": 1, "max_servers": 1, "processes_per_server": 1}),
         _variant(staging, "https", stage=Stage.MULTI_PROCESS,
                  network={"vpc_cidr": "10.60.0.0/16"},

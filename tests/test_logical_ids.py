@@ -45,6 +45,7 @@ PINNED = {
     "prod": NGINX_LOGS | {
         "ServiceDatabaseSecret18A24063": "Service/Database/Secret/Resource",
         "ServiceDatabaseInstance13D659BC": "Service/Database/Instance/Resource",
+        "ServiceDatabaseLogsDB46DC47": "Service/Database/Logs/Resource",
         "NetworkVpcPublicSubnet1EIPE0D52090": "Network/Vpc/PublicSubnet1/EIP",
         "NetworkVpcPublicSubnet2EIP24F41572": "Network/Vpc/PublicSubnet2/EIP",
         "ServiceLoadBalancerAccessLogsAudit4E09E458": "Service/LoadBalancer/AccessLogsAudit/Resource",

@@ -51,7 +51,7 @@ def test_ec2_database_alarms_on_cpu_and_disk_through_the_cloudwatch_agent(synthe
 def test_logs_go_to_cloudwatch_with_the_configured_retention(synthesized_templates, env):
     config = load_environment(env)
     groups = {r["Properties"]["LogGroupName"]: r for r in resources(synthesized_templates[env], "AWS::Logs::LogGroup").values()
-              if "LogGroupName" in r["Properties"]}
+              if r["Properties"].get("LogGroupName", "").startswith(f"/staged-web-{env}/")}
     streams = ["app", "cfn-init"] + (["nginx-access", "nginx-error"] if config.stage == 4 else []) + (
         ["postgresql"] if config.database.kind == "ec2" else [])
     assert sorted(g.rsplit("/", 1)[1] for g in groups) == sorted(streams)
@@ -99,6 +99,10 @@ def test_prod_keeps_every_stateful_resource_and_protects_the_database(synthesize
             assert res.get("DeletionPolicy") in ("Retain", "Snapshot"), lid
     (db,) = resources(template, "AWS::RDS::DBInstance").values()
     assert db["Properties"]["DeletionProtection"] is True
+    # RDS's exported logs land in a group the stack owns, with the environment's retention.
+    rds_logs = [r for r in resources(template, "AWS::Logs::LogGroup").values()
+                if r["Properties"].get("LogGroupName") == f"/aws/rds/instance/{db['Properties']['DBInstanceIdentifier']}/postgresql"]
+    assert len(rds_logs) == 1 and rds_logs[0]["Properties"]["RetentionInDays"] == 90
     assert db["Properties"]["MultiAZ"] is True
     assert db["Properties"]["BackupRetentionPeriod"] == load_environment("prod").operations.backup_retention_days
     assert json.dumps(template).count('"deletion_protection.enabled", "Value": "true"') == 1

@@ -20,7 +20,8 @@ class DatabaseStage(StageBase):
             storage_gib=cfg.database.storage_gib, name=cfg.database.name, user=cfg.database.user,
             port=cfg.database.port, removal_policy=self.removal_policy, protect=self.protect,
             backup_retention_days=cfg.operations.backup_retention_days, key_pair=self.key_pair,
-            multi_az=self.protect and cfg.database.kind == "rds", server_logs=self.server_logs)
+            multi_az=self.protect and cfg.database.kind == "rds", server_logs=self.server_logs,
+            log_retention_days=cfg.operations.log_retention_days)
         self.database_secret = self.database.secret
         return self.database
 
