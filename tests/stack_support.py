@@ -2,7 +2,7 @@
 
 `App()` in tests does not read cdk.json, so the flags are passed explicitly. Besides the
 shipped environments, a few variants cover what they do not: stage 2 on EC2 and on RDS, a
-created key pair with admin CIDRs, an existing key pair, and HTTPS with a certificate.
+created key pair with admin CIDRs, an existing key pair, HTTPS with a certificate, and Graviton (arm64).
 (A module of its own, not conftest.py: tests/app_tier has a conftest.py too, and test
 modules import these names.)
 """
@@ -49,7 +49,8 @@ def variant_configs() -> list[EnvironmentConfig]:
                  servers={"min_servers": 1, "desired_servers": 1, "max_servers": 1, "processes_per_server": 1}),
         _variant(staging, "https", stage=Stage.MULTI_PROCESS,
                  network={"vpc_cidr": "10.60.0.0/16"},
-                 servers={"processes_per_server": 3},
+                 servers={"processes_per_server": 3, "architecture": "arm64", "instance_type": "t4g.small"},
+                 database={"instance_type": "t4g.small"},
                  access={"key_pair": "existing", "key_pair_name": "ops-team", "admin_cidrs": ("198.51.100.0/24",)},
                  load_balancer={"certificate_arn": CERTIFICATE_ARN}),
     ]

@@ -272,3 +272,11 @@ def test_a_public_server_can_signal_before_its_elastic_ip_is_attached(synthesize
     assert interface["AssociatePublicIpAddress"] is True
     (eip,) = resources(template, "AWS::EC2::EIP").values()
     assert eip["Properties"]["InstanceId"] == {"Ref": logical_id(template, "Service/AppServer/Instance/Resource")}
+
+
+@pytest.mark.parametrize("env,arch", [("prod", "x86_64"), ("https", "arm64")])
+def test_servers_boot_the_latest_amazon_linux_2023_of_their_architecture(synthesized_templates, env, arch):
+    parameters = synthesized_templates[env]["Parameters"]
+    amis = [p["Default"] for p in parameters.values() if p["Type"] == "AWS::SSM::Parameter::Value<AWS::EC2::Image::Id>"]
+    assert len(amis) == 1
+    assert re.fullmatch(rf"/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-[\w.]+-{arch}", amis[0]), amis
