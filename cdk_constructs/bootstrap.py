@@ -35,11 +35,12 @@ def app_server_init(layout: render.ServerLayout, database: render.DatabaseEndpoi
 
     `agent` (the CloudWatch agent) goes first, so a server that fails later still ships its logs."""
     configs: dict[str, ec2.InitConfig] = {"agent": agent} if agent else {}
-    if local_database:
-        configs["database"] = _config(render.single_server_database(database))
+    # Stage 1: render's whole-server bootstrap, PostgreSQL's setup first (the lab tests its order).
+    server = render.single_server_bootstrap(layout, database) if local_database else \
+        render.app_server_bootstrap(layout, database)
     # The app's code ships as an S3 asset: a change to it is a new asset, hence new Init metadata.
     app_source = ec2.InitSource.from_asset(f"{layout.app_root}/app", str(render.APP_SOURCE_DIR))
-    configs["app"] = _config(render.app_server_bootstrap(layout, database), sources=[app_source])
+    configs["app"] = _config(server, sources=[app_source])
     return _init(configs, in_place_updates)
 
 

@@ -47,7 +47,7 @@ class WebLoadBalancer(Construct):
                  target_port: int, health_check_path: str, deregistration_delay: Duration,
                  certificate_arn: str, protect: bool, auto_delete_logs: bool) -> None:
         super().__init__(scope, construct_id)
-        self._target_port = target_port
+        self.target_port = target_port
         removal = RemovalPolicy.RETAIN if protect else RemovalPolicy.DESTROY
         # The access-log bucket logs its own access to a second bucket, which is where the
         # chain has to stop.
@@ -97,9 +97,6 @@ class WebLoadBalancer(Construct):
     def add_targets(self, group) -> None:
         """Register an Auto Scaling group and open its port to this load balancer only."""
         self.target_group.add_target(group.group)
-        group.connections.allow_from(self.connections, ec2.Port.tcp(self.target_group_port),
+        group.connections.allow_from(self.connections, ec2.Port.tcp(self.target_port),
                                      "App port from the load balancer only")
 
-    @property
-    def target_group_port(self) -> int:
-        return self._target_port
