@@ -6,6 +6,8 @@ the servers that were granted it; it never appears in the template or in user da
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from aws_cdk import Duration, RemovalPolicy, Size, Stack
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_iam as iam
@@ -29,6 +31,8 @@ class Database(Construct):
 
     Exposes `connections`, `secret`, `endpoint` (an `app_tier.render.DatabaseEndpoint` for the
     app servers), and `instance` (the RDS instance) or `server` + `data_volume` (EC2).
+    `boot_dependencies`: what the EC2 server needs in place before it boots (the VPC's
+    interface endpoints, when its subnet has no other way out).
     """
 
     def __init__(self, scope: Construct, construct_id: str, *, kind: str, vpc: ec2.IVpc,
@@ -36,7 +40,7 @@ class Database(Construct):
                  storage_gib: int, name: str, user: str, port: int, removal_policy: RemovalPolicy,
                  protect: bool, backup_retention_days: int, key_pair: KeyPairChoice | None = None,
                  multi_az: bool = False, server_logs: ServerLogs | None = None,
-                 log_retention_days: int = 30) -> None:
+                 log_retention_days: int = 30, boot_dependencies: Sequence[Construct] = ()) -> None:
         super().__init__(scope, construct_id)
         self.kind = kind
         self.port = port
@@ -60,7 +64,7 @@ class Database(Construct):
             self._build_ec2(vpc=vpc, subnets=subnets, instance_type=instance_type, machine_image=machine_image,
                             storage_gib=storage_gib, name=name, user=user, port=port, region=region,
                             removal_policy=removal_policy, protect=protect, key_pair=key_pair,
-                            server_logs=server_logs)
+                            server_logs=server_logs, boot_dependencies=boot_dependencies)
             host = self.server.instance_private_ip
         self.endpoint = render.DatabaseEndpoint(host=host, port=port, name=name, user=user,
                                                 secret_arn=self.secret.secret_arn, region=region)
@@ -99,7 +103,7 @@ class Database(Construct):
         self.data_volume = None
 
     def _build_ec2(self, *, vpc, subnets, instance_type, machine_image, storage_gib, name, user, port, region,
-                   removal_policy, protect, key_pair, server_logs) -> None:
+                   removal_policy, protect, key_pair, server_logs, boot_dependencies) -> None:
         self.instance = None
         # The data lives on its own volume so that replacing the server (a new AMI, a bigger
         # type) never replaces the data, and AWS Backup can snapshot just the data.
@@ -115,6 +119,14 @@ class Database(Construct):
             block_devices=[root_volume(16)], detailed_monitoring=True, disable_api_termination=protect,
             key_pair=key_pair.key_pair if key_pair else None,
         )
+        # cfn-init, cfn-signal, the CloudWatch agent and the package mirrors all speak HTTPS. The
+        # isolated subnet has no route to the internet, so 443 out reaches only the VPC's interface
+        # endpoints and the S3 gateway endpoint. The gateway's prefix list ID would need a lookup
+        # (synth stays offline), hence 0.0.0.0/0 on 443 only.
+        self.security_group.add_egress_rule(ec2.Peer.any_ipv4(), ec2.Port.tcp(443),
+                                            "HTTPS to the VPC endpoints (no internet route from this subnet)")
+        for dependency in boot_dependencies:
+            self.server.instance.node.add_dependency(dependency)
         if not protect:
             acknowledge(self.server, "AwsSolutions-EC29",
                         "Non-production environments are torn down with cdk destroy; termination protection is "

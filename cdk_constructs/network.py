@@ -58,6 +58,9 @@ class Network(Construct):
             # the gateway endpoint is free and lets isolated servers install packages.
             gateway_endpoints={"S3": ec2.GatewayVpcEndpointOptions(service=ec2.GatewayVpcEndpointAwsService.S3)},
         )
+        # What a server in an isolated subnet must wait for before it boots (cfn-init and
+        # cfn-signal reach CloudFormation, Secrets Manager and EC2 only through these).
+        self.interface_endpoints: list[ec2.InterfaceVpcEndpoint] = []
         if interface_endpoints:
             # One security group for all endpoints, open to the VPC's own range on HTTPS.
             self.endpoint_security_group = ec2.SecurityGroup(
@@ -66,9 +69,9 @@ class Network(Construct):
             self.endpoint_security_group.add_ingress_rule(ec2.Peer.ipv4(cidr), ec2.Port.tcp(443),
                                                           "HTTPS to AWS APIs from the VPC")
             for name, service in _BOOT_AND_ACCESS_ENDPOINTS.items():
-                self.vpc.add_interface_endpoint(
+                self.interface_endpoints.append(self.vpc.add_interface_endpoint(
                     name, service=service, open=False, security_groups=[self.endpoint_security_group],
-                    subnets=ec2.SubnetSelection(subnet_type=ec2.SubnetType.PRIVATE_ISOLATED, one_per_az=True))
+                    subnets=ec2.SubnetSelection(subnet_type=ec2.SubnetType.PRIVATE_ISOLATED, one_per_az=True)))
 
     @property
     def app_subnets(self) -> ec2.SubnetSelection:

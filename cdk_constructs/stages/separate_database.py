@@ -21,7 +21,8 @@ class DatabaseStage(StageBase):
             port=cfg.database.port, removal_policy=self.removal_policy, protect=self.protect,
             backup_retention_days=cfg.operations.backup_retention_days, key_pair=self.key_pair,
             multi_az=self.protect and cfg.database.kind == "rds", server_logs=self.server_logs,
-            log_retention_days=cfg.operations.log_retention_days)
+            log_retention_days=cfg.operations.log_retention_days,
+            boot_dependencies=self.network.interface_endpoints)
         self.database_secret = self.database.secret
         return self.database
 
