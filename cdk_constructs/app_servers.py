@@ -17,6 +17,7 @@ from cdk_constructs.server import (
     acknowledge_bootstrap_grants,
     allow_ssh_from_admins,
     group_root_volume,
+    lint_image_resolved_at_launch,
     root_volume,
 )
 
@@ -45,6 +46,7 @@ class AppServer(Construct):
             # signal (and to fetch packages) at first boot it needs a public address already.
             associate_public_ip_address=True,
         )
+        lint_image_resolved_at_launch(self.instance)
         if not protect:
             acknowledge(self.instance, "AwsSolutions-EC29",
                         "Non-production environments are torn down with cdk destroy; termination protection is "

@@ -20,7 +20,13 @@ from cdk_constructs import bootstrap
 from cdk_constructs.nag import acknowledge
 from cdk_constructs.network import RETENTION_DAYS
 from cdk_constructs.observability import ServerLogs
-from cdk_constructs.server import BOOT_SIGNAL_TIMEOUT, KeyPairChoice, ServerRole, root_volume
+from cdk_constructs.server import (
+    BOOT_SIGNAL_TIMEOUT,
+    KeyPairChoice,
+    ServerRole,
+    lint_image_resolved_at_launch,
+    root_volume,
+)
 
 DATA_DEVICE = "/dev/sdf"
 DATA_MOUNT = "/var/lib/pgsql"
@@ -119,6 +125,7 @@ class Database(Construct):
             block_devices=[root_volume(16)], detailed_monitoring=True, disable_api_termination=protect,
             key_pair=key_pair.key_pair if key_pair else None,
         )
+        lint_image_resolved_at_launch(self.server)
         # cfn-init, cfn-signal, the CloudWatch agent and the package mirrors all speak HTTPS. The
         # isolated subnet has no route to the internet, so 443 out reaches only the VPC's interface
         # endpoints and the S3 gateway endpoint. The gateway's prefix list ID would need a lookup
@@ -145,9 +152,13 @@ class Database(Construct):
                                                            secret_arn=self.secret.secret_arn, region=region)
         attach = (
             "attach-data-volume",
-            f"aws ec2 attach-volume --region {region} --volume-id {self.data_volume.volume_id} "
-            f"--instance-id $(ec2-metadata -i | cut -d' ' -f2) --device {DATA_DEVICE} || true; "
+            # A rebooted (or re-bootstrapped) server finds its volume already attached; any other
+            # attach failure stops the boot here rather than at mkfs/mount.
+            f"if [ ! -e {DATA_DEVICE} ]; then aws ec2 attach-volume --region {region} "
+            f"--volume-id {self.data_volume.volume_id} "
+            f"--instance-id $(ec2-metadata -i | cut -d' ' -f2) --device {DATA_DEVICE}; fi; "
             f"for i in $(seq 60); do [ -e {DATA_DEVICE} ] && break; sleep 5; done; "
+            f"[ -e {DATA_DEVICE} ] || {{ echo 'data volume {DATA_DEVICE} did not appear' >&2; exit 1; }}; "
             f"blkid {DATA_DEVICE} || mkfs.xfs {DATA_DEVICE}; mkdir -p {DATA_MOUNT}; "
             f"grep -q '{DATA_MOUNT} ' /etc/fstab || echo '{DATA_DEVICE} {DATA_MOUNT} xfs defaults,nofail 0 2' >> /etc/fstab; "
             f"mountpoint -q {DATA_MOUNT} || mount {DATA_MOUNT}",

@@ -37,8 +37,11 @@ _SESSION_MANAGER_ACTIONS = [
 ]
 
 
+AL2023_PARAMETER_PREFIX = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-"
+
+
 def machine_image(ami: str | dict[str, str], architecture: str, *, pin_in_context: bool) -> ec2.IMachineImage:
-    """The server AMI: explicit IDs per region, or the latest Amazon Linux 2023.
+    """The AMI of servers that hold no data: explicit IDs per region, or the latest Amazon Linux 2023.
 
     With `pin_in_context` (an environment with a fixed account), CDK looks the AMI up once
     and keeps it in cdk.context.json, so a new AMI release does not silently replace
@@ -49,6 +52,35 @@ def machine_image(ami: str | dict[str, str], architecture: str, *, pin_in_contex
         return ec2.MachineImage.generic_linux(ami)
     cpu = ec2.AmazonLinuxCpuType.ARM_64 if architecture == "arm64" else ec2.AmazonLinuxCpuType.X86_64
     return ec2.MachineImage.latest_amazon_linux2023(cpu_type=cpu, cached_in_context=pin_in_context)
+
+
+def launch_time_image(ami: str | dict[str, str], architecture: str) -> ec2.IMachineImage:
+    """The AMI of a server that holds data (stage 1's server, the EC2 database server).
+
+    For "al2023" the template names the public SSM parameter as `resolve:ssm:...` and EC2
+    resolves it when it launches the instance: the template's ImageId is a constant, so a new
+    Amazon Linux release never makes CloudFormation replace the server (and its data). Moving
+    such a server to a new AMI is deliberate (README: Keeping the data). Explicit IDs per region
+    are used as they are.
+    """
+    if isinstance(ami, dict):
+        return ec2.MachineImage.generic_linux(ami)
+    arch = "arm64" if architecture == "arm64" else "x86_64"
+    return ec2.MachineImage.resolve_ssm_parameter_at_launch(
+        f"{AL2023_PARAMETER_PREFIX}{arch}", os=ec2.OperatingSystemType.LINUX)
+
+
+def lint_image_resolved_at_launch(instance: ec2.Instance) -> None:
+    """cfn-lint's E1152 (and CDK's built-in CloudFormation validation, its port) accepts
+    `resolve:ssm:` as the ImageId of a launch template only, though EC2's RunInstances, which
+    CloudFormation calls for AWS::EC2::Instance, takes it too: ignore that one rule on this one
+    instance, and only when its image is resolved at launch."""
+    image = instance.instance.image_id
+    if isinstance(image, str) and image.startswith("resolve:ssm:"):
+        instance.instance.add_metadata("cfn-lint", {"config": {"ignore_checks": ["E1152"]}})
+        acknowledge(instance.instance, "CloudFormation-Validate::E1152",
+                    "ImageId resolve:ssm:<public AMI parameter> is resolved by EC2 at launch, which "
+                    "AWS::EC2::Instance supports; the rule knows it only for launch templates.")
 
 
 def root_volume(size_gib: int) -> ec2.BlockDevice:

@@ -4,17 +4,16 @@ never replaces, and names that neither collide between environments nor outlive 
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from cfn import path_of, resources
 from stack_support import SHIPPED, VARIANTS
 
+from cdk_constructs.database import DATA_DEVICE
+
 ALL = SHIPPED + VARIANTS
 EC2_DATABASE = ["staging", "stage2ec2", "https"]
-RDS = ["prod", "stage2rds"]
-BACKED_UP = ["dev", "staging", "stage2ec2", "https"]
-# The first 8 hex digits of the stack's own UUID: unique per stack incarnation.
-STACK_ID_SUFFIX = {"Fn::Select": [0, {"Fn::Split": ["-", {"Fn::Select": [2, {"Fn::Split": [
-    "/", {"Ref": "AWS::StackId"}]}]}]}]}
 
 
 def _config(cdk_app, env):
@@ -103,3 +102,62 @@ def test_every_server_security_group_allows_https_out(synthesized_templates, env
         assert groups, f"{lid} has no security group"
         assert any(_allows_https_out(rule) for g in groups for rule in _egress(template, g)), \
             f"{lid}: no tcp 443 egress on {groups}"
+
+
+# -- 2. a new AMI release never replaces a server that holds data ------------------------------
+
+def _data_servers(template: dict) -> dict[str, dict]:
+    return {lid: r for lid, r in resources(template, "AWS::EC2::Instance").items()
+            if "/Service/Database/Server/" in path_of(r) or "/Service/AppServer/" in path_of(r)}
+
+
+@pytest.mark.parametrize("env", ["dev", "staging", "stage2ec2", "https"])
+def test_data_holding_servers_take_their_image_at_launch_not_at_deploy(synthesized_templates, cdk_app, env):
+    config = _config(cdk_app, env)
+    template = synthesized_templates[env]
+    holding = {lid: r for lid, r in _data_servers(template).items()
+               if "/Service/Database/Server/" in path_of(r) or config.stage == 1}
+    assert holding
+    for lid, server in holding.items():
+        image = server["Properties"]["ImageId"]
+        assert isinstance(image, str), f"{lid}: {image}"
+        arch = config.servers.architecture
+        assert image == f"resolve:ssm:/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-{arch}", image
+
+
+@pytest.mark.parametrize("env", ["staging", "prod", "https", "stage2ec2", "stage2rds"])
+def test_servers_without_data_still_follow_the_latest_image(synthesized_templates, env):
+    template = synthesized_templates[env]
+    parameters = {k for k, p in template.get("Parameters", {}).items()
+                  if p["Type"] == "AWS::SSM::Parameter::Value<AWS::EC2::Image::Id>"}
+    images = [lt["Properties"]["LaunchTemplateData"]["ImageId"]
+              for lt in resources(template, "AWS::EC2::LaunchTemplate").values()
+              if "ImageId" in lt["Properties"]["LaunchTemplateData"]]
+    images += [r["Properties"]["ImageId"] for r in resources(template, "AWS::EC2::Instance").values()
+               if "/Service/AppServer/" in path_of(r)]
+    assert images
+    assert all(isinstance(i, dict) and i.get("Ref") in parameters for i in images), images
+
+
+@pytest.mark.parametrize("env", ALL)
+def test_cfn_lint_is_told_to_skip_only_the_image_check_of_launch_time_images(synthesized_templates, env):
+    """cfn-lint accepts `resolve:ssm:` only in a launch template; the instance-level ignore is
+    limited to that rule on the instances that use it."""
+    for lid, res in synthesized_templates[env]["Resources"].items():
+        lint = res.get("Metadata", {}).get("cfn-lint")
+        if lint is None:
+            continue
+        assert res["Type"] == "AWS::EC2::Instance", lid
+        assert lint == {"config": {"ignore_checks": ["E1152"]}}, lid
+        assert res["Properties"]["ImageId"].startswith("resolve:ssm:"), lid
+
+
+@pytest.mark.parametrize("env", ["staging", "stage2ec2"])
+def test_data_volume_attach_fails_loudly(synthesized_templates, env):
+    _, server = _database_server(synthesized_templates[env])
+    storage = server["Metadata"]["AWS::CloudFormation::Init"]["storage"]["commands"]
+    (attach,) = [c["command"] for key, c in storage.items() if "attach-data-volume" in key]
+    text = json.dumps(attach)
+    assert "|| true" not in text
+    assert f"if [ ! -e {DATA_DEVICE} ]; then aws ec2 attach-volume" in text
+    assert f"[ -e {DATA_DEVICE} ] || {{ echo 'data volume {DATA_DEVICE} did not appear' >&2; exit 1; }}" in text

@@ -282,11 +282,18 @@ class StackVerifier:
 
     # -- servers --------------------------------------------------------------------------
 
-    def expected_ami(self) -> str:
-        """The AMI the config asks for, resolved through the API (SSM public parameter or explicit ID)."""
+    def expected_ami(self, resource: Resource | None = None) -> str:
+        """The AMI the config asks for, resolved through the API (SSM public parameter or explicit ID).
+
+        `resource`: a single instance whose template ImageId is `resolve:ssm:NAME` (a server that
+        holds data takes its image when EC2 launches it): the parameter's current value."""
         ami = self.cfg.servers.ami
         if isinstance(ami, dict):
             return ami.get(self.cfg.region, "")
+        image = ((self.template.get("Resources") or {}).get(resource.logical_id, {}).get("Properties") or {}).get(
+            "ImageId") if resource else None
+        if isinstance(image, str) and image.startswith("resolve:ssm:"):
+            return self.ssm.get_parameter(Name=image.removeprefix("resolve:ssm:"))["Parameter"]["Value"]
         # "al2023": the stack resolves the AMI from an SSM public parameter at deploy time.
         for spec in (self.template.get("Parameters") or {}).values():
             if "EC2::Image::Id" in spec.get("Type", "") and "al2023" in str(spec.get("Default", "")):
@@ -294,8 +301,8 @@ class StackVerifier:
         return ""
 
     def _check_instances(self, label: str, instances: list[dict], instance_type: str,
-                         launch_template: dict | None) -> None:
-        ami = self.expected_ami()
+                         launch_template: dict | None, resource: Resource | None = None) -> None:
+        ami = self.expected_ami(resource)
         wrong = [f"{i['InstanceId']}: {i['InstanceType']} {i['ImageId']} {i['State']['Name']}" for i in instances
                  if i["InstanceType"] != instance_type or i["ImageId"] != ami
                  or i["State"]["Name"] not in ("pending", "running")]
@@ -343,7 +350,7 @@ class StackVerifier:
             return
         instances = self._describe_instances([resource.physical_id])
         template = self._launch_template(self.roles.one(Roles.APP_SERVER, "AWS::EC2::LaunchTemplate"))
-        self._check_instances(label, instances, self.cfg.servers.instance_type, template)
+        self._check_instances(label, instances, self.cfg.servers.instance_type, template, resource)
         user_data = self.ec2.describe_instance_attribute(InstanceId=resource.physical_id, Attribute="userData")
         self._check_user_data(label, user_data.get("UserData", {}).get("Value", ""))
 
@@ -400,7 +407,7 @@ class StackVerifier:
             return
         template = self._launch_template(self.roles.one(Roles.DATABASE, "AWS::EC2::LaunchTemplate"))
         self._check_instances("database server", self._describe_instances([resource.physical_id]),
-                              database.instance_type, template)
+                              database.instance_type, template, resource)
         user_data = self.ec2.describe_instance_attribute(InstanceId=resource.physical_id, Attribute="userData")
         self._check_user_data("database server", user_data.get("UserData", {}).get("Value", ""))
 

@@ -105,10 +105,32 @@ def _missing_get_att_attributes() -> None:
     })
 
 
+def _image_id_resolves_ssm_parameters_at_launch() -> None:
+    """RunInstances takes `resolve:ssm:NAME` as its ImageId and EC2 launches the AMI that the
+    parameter holds (the servers that hold data name their image that way); moto 5.2.5 kept
+    the string itself as the instance's ImageId. Resolve it through moto's own SSM backend
+    (which carries the public /aws/service/ami-amazon-linux-latest parameters), as EC2 does."""
+    from moto.ec2.models.instances import InstanceBackend
+    from moto.ssm.models import ssm_backends
+
+    original = InstanceBackend.run_instances
+
+    def run_instances(self, image_id: str, *args: Any, **kwargs: Any):
+        if isinstance(image_id, str) and image_id.startswith("resolve:ssm:"):
+            name = image_id.removeprefix("resolve:ssm:")
+            parameter = ssm_backends[self.account_id][self.region_name].get_parameter(name)
+            if parameter is not None:
+                image_id = parameter.value
+        return original(self, image_id, *args, **kwargs)
+
+    InstanceBackend.run_instances = run_instances
+
+
 def main(argv: list[str] | None = None) -> None:
     _kms_key_accepts_cloudformation_tags()
     _references_to_skipped_resources_resolve()
     _missing_get_att_attributes()
+    _image_id_resolves_ssm_parameters_at_launch()
     from moto.server import main as moto_main
 
     moto_main(argv if argv is not None else sys.argv[1:])

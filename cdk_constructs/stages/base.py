@@ -11,7 +11,7 @@ from cdk_constructs.app_servers import AppServer
 from cdk_constructs.monitoring import ServiceMonitoring
 from cdk_constructs.network import Network
 from cdk_constructs.observability import ServerLogs
-from cdk_constructs.server import KeyPairChoice, machine_image
+from cdk_constructs.server import KeyPairChoice, launch_time_image, machine_image
 from envconfig import EnvironmentConfig
 
 _REMOVAL_POLICIES = {"destroy": RemovalPolicy.DESTROY, "retain": RemovalPolicy.RETAIN,
@@ -38,6 +38,9 @@ class StageBase(Construct):
         self.removal_policy = _REMOVAL_POLICIES[config.operations.removal_policy]
         self.machine_image = machine_image(config.servers.ami, config.servers.architecture,
                                            pin_in_context=config.account is not None)
+        # Servers that hold data (stage 1's, the EC2 database server): an image resolved by EC2
+        # at launch, so a new AMI release does not replace them on the next deploy.
+        self.data_server_image = launch_time_image(config.servers.ami, config.servers.architecture)
         self.key_pair = KeyPairChoice.build(self, mode=config.access.key_pair,
                                             existing_name=config.access.key_pair_name,
                                             name_prefix=config.stack_name)
@@ -58,12 +61,14 @@ class StageBase(Construct):
                           "KeyPairParameter")
         self.url = url
 
-    def build_app_server(self, init) -> AppServer:
-        """Stages 1–2: one public app server with its logs, outputs and place on the dashboard."""
+    def build_app_server(self, init, *, machine_image=None) -> AppServer:
+        """Stages 1–2: one public app server with its logs, outputs and place on the dashboard.
+
+        `machine_image`: stage 1 passes `data_server_image` (its server holds the database)."""
         cfg = self.config
         self.app_servers = AppServer(
             self, "AppServer", vpc=self.network.vpc, subnets=self.network.public_subnets,
-            instance_type=cfg.servers.instance_type, machine_image=self.machine_image, init=init,
+            instance_type=cfg.servers.instance_type, machine_image=machine_image or self.machine_image, init=init,
             service_port=self.server_layout().service_port, key_pair=self.key_pair,
             admin_cidrs=cfg.access.admin_cidrs, protect=self.protect, root_volume_gib=cfg.servers.root_volume_gib)
         self.server_logs.grant(self.app_servers.role, server="AppServer")

@@ -16,7 +16,7 @@ class DatabaseStage(StageBase):
         cfg = self.config
         self.database = Database(
             self, "Database", kind=cfg.database.kind, vpc=self.network.vpc, subnets=self.network.database_subnets,
-            instance_type=cfg.database.instance_type, machine_image=self.machine_image,
+            instance_type=cfg.database.instance_type, machine_image=self.data_server_image,
             storage_gib=cfg.database.storage_gib, name=cfg.database.name, user=cfg.database.user,
             port=cfg.database.port, removal_policy=self.removal_policy, protect=self.protect,
             backup_retention_days=cfg.operations.backup_retention_days, key_pair=self.key_pair,

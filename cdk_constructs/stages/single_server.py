@@ -29,7 +29,8 @@ class SingleServer(StageBase):
         init = bootstrap.app_server_init(self.server_layout(), local, local_database=True,
                                          in_place_updates=True,
                                          agent=self.server_logs.agent_init(mount_points=["/"]))
-        self.build_app_server(init)
+        # The server holds the database: a new AMI release must not replace it.
+        self.build_app_server(init, machine_image=self.data_server_image)
         self.database_secret.grant_read(self.app_servers.role)
 
     def watch(self, monitoring) -> None:
