@@ -38,6 +38,9 @@ PASSWORD_FILE = f"{SECRET_DIR}/db-password"
 LIBEXEC_DIR = "/usr/local/libexec/webapp"
 LOG_DIR = "/var/log/webapp"  # the units append the app's output here; the CloudWatch agent ships it
 LOGROTATE_CONF = "/etc/logrotate.d/webapp"
+# systemd opens a unit's StandardOutput=append: file before it creates LogsDirectory=, so the log
+# directory must exist before the first start (and after every boot): tmpfiles.d makes it.
+LOG_DIR_TMPFILES = "/etc/tmpfiles.d/webapp.conf"
 FETCH_PASSWORD_SCRIPT = f"{LIBEXEC_DIR}/fetch-db-password"
 FETCH_PASSWORD_UNIT = "webapp-db-password.service"
 UNIT_DIR = "/etc/systemd/system"
@@ -200,6 +203,9 @@ def app_server_files(layout: ServerLayout, database: DatabaseEndpoint) -> dict[s
         files[NGINX_CONF] = ServerFile(nginx_config(layout))
     else:
         files[f"{UNIT_DIR}/app.service"] = ServerFile(_app_unit(layout, database, bind=app_binds(layout)[0]))
+    files[LOG_DIR_TMPFILES] = ServerFile(
+        f"# Rendered by app_tier/render.py: the app units append their output here.\n"
+        f"d {LOG_DIR} 0750 {layout.run_user} {layout.run_user} -\n")
     files[LOGROTATE_CONF] = ServerFile(
         f"{LOG_DIR}/*.log {{\n  daily\n  rotate 7\n  compress\n  missingok\n  notifempty\n  copytruncate\n}}\n")
     files.update(_password_fetch_files(database))
@@ -215,6 +221,7 @@ def app_server_commands(layout: ServerLayout) -> list[tuple[str, str]]:
     return [
         ("20-app-user", (f"id -u {user} >/dev/null 2>&1 || useradd --system --user-group"
                          f" --home-dir {root} --no-create-home --shell /sbin/nologin {user}")),
+        ("20-app-log-dir", f"systemd-tmpfiles --create {LOG_DIR_TMPFILES}"),
         ("21-app-venv", f"test -x {root}/venv/bin/python || {PYTHON} -m venv {root}/venv"),
         ("22-app-requirements", (f"{root}/venv/bin/pip install --disable-pip-version-check --no-input"
                                  f" --quiet -r {root}/app/requirements.txt")),
@@ -282,7 +289,9 @@ def _app_unit(layout: ServerLayout, database: DatabaseEndpoint, *, bind: str) ->
                 # SIGTERM to gunicorn's master only; it stops its worker gracefully.
                 "KillMode=mixed", "TimeoutStopSec=35",
                 # A file per copy, so the CloudWatch agent can ship it; logrotate truncates it daily.
-                "LogsDirectory=webapp", f"StandardOutput=append:{LOG_DIR}/{_log_name(layout)}", "StandardError=inherit",
+                # The directory comes from tmpfiles.d (LOG_DIR_TMPFILES), not LogsDirectory=: systemd
+                # would open this file before creating that directory, and fail with 209/STDOUT.
+                f"StandardOutput=append:{LOG_DIR}/{_log_name(layout)}", "StandardError=inherit",
                 _HARDENING]
     if layout.stage == 4:
         service += ["CapabilityBoundingSet="]

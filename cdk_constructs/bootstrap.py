@@ -14,6 +14,7 @@ from app_tier import render
 
 APP_CONFIG_SET = "webapp"
 UPDATES_CONFIG = "updates"
+CFN_HUP_UNIT = "/etc/systemd/system/cfn-hup.service"
 
 
 def _config(part: render.ServerBootstrap, sources: list[ec2.InitElement] = ()) -> ec2.InitConfig:
@@ -86,6 +87,15 @@ def apply_with_in_place_updates(instance: ec2.Instance, init: ec2.CloudFormation
             "[cfn-auto-reloader-hook]\ntriggers=post.update\n"
             f"path=Resources.{logical_id}.Metadata.AWS::CloudFormation::Init\n"
             f"action={reload_action}\nrunas=root\n", mode="000400"),
-    }, commands=[("enable-cfn-hup", "systemctl enable --now cfn-hup.service")])))
+        # Amazon Linux 2023's aws-cfn-bootstrap has shipped without an installed cfn-hup.service
+        # (amazon-linux-2023 issue 728): write the unit AWS documents instead of relying on it.
+        CFN_HUP_UNIT: render.ServerFile(
+            "[Unit]\nDescription=cfn-hup daemon: applies Init metadata changes in place\n"
+            "After=network-online.target\nWants=network-online.target\n\n"
+            "[Service]\nType=simple\nExecStart=/opt/aws/bin/cfn-hup\nRestart=always\nRestartSec=5\n\n"
+            "[Install]\nWantedBy=multi-user.target\n"),
+    # --now starts it only if it is not running: cfn-hup's own hook runs this config again, and a
+    # restart from inside its action would kill the action (the unit's control group) midway.
+    }, commands=[("enable-cfn-hup", f"systemctl daemon-reload && systemctl enable --now {CFN_HUP_UNIT.rsplit('/', 1)[1]}")])))
     instance.apply_cloud_formation_init(init, config_sets=[APP_CONFIG_SET], timeout=signal_timeout,
                                         print_log=True, ignore_failures=False, embed_fingerprint=False)

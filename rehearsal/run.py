@@ -1,0 +1,568 @@
+"""The boot rehearsal: every kind of server in the synthesized templates, booted for real.
+
+For each environment: synthesize, find its servers in the template, create what they call in
+the emulator (the database secret, the data volume, an instance ID), boot each in a
+systemd-nspawn container with the resolved user data and Init metadata, and check boot, load,
+crash, reboot, in-place update and a broken app. See README "The boot rehearsal".
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import boto3
+
+from app_tier.loadgen import Load
+from rehearsal import container as ct
+from rehearsal import synth
+from rehearsal import template as tpl
+from rehearsal.packages import PACKAGES
+
+REPO = Path(__file__).resolve().parent.parent
+STATE = REPO / ".local" / "rehearsal"
+ACCOUNT = "123456789012"
+CFN_HUP_POLL_SECONDS = 2
+LOAD_SECONDS = 5
+STANDINS_USED = [
+    "cloud-init (runs the user data once)", "cfn-init/cfn-signal/cfn-hup (template metadata, signal recorded)",
+    "S3 (CDK asset from cdk.out)", "PyPI (local wheelhouse)", "aws CLI -> emulator", "ec2-metadata",
+    "EBS (loop device)", "CloudWatch agent", "AL2023 postgresql.service/postgresql-setup",
+]
+
+
+def say(message: str) -> None:
+    print(message, flush=True)
+
+
+@dataclass
+class Result:
+    environment: str
+    kind: str
+    steps: list[str] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+    boot_to_signal_sec: float | None = None
+    standins: list[str] = field(default_factory=list)
+
+    def ok(self, step: str) -> None:
+        self.steps.append(step)
+
+    def fail(self, step: str, why: str) -> None:
+        self.steps.append(f"{step}:FAILED")
+        self.failures.append(f"{step}: {why}")
+
+    def line(self) -> str:
+        status = "ok" if not self.failures else "FAILED"
+        signal = f"{self.boot_to_signal_sec:.0f} s boot to signal" if self.boot_to_signal_sec is not None else \
+            "no signal"
+        text = (f"{self.environment:<8} {self.kind:<22} {status:<6} {signal}; steps: {', '.join(self.steps)}; "
+                f"stand-ins: {', '.join(self.standins) or 'none'}")
+        return text + "".join(f"\n           - {f}" for f in self.failures)
+
+
+# --- the emulator ----------------------------------------------------------------------------
+
+
+class Emulator:
+    """moto on the rehearsal bridge: the servers' AWS calls (Secrets Manager, EC2) go here."""
+
+    def __init__(self) -> None:
+        self.port = 4510 + os.getpid() % 400
+        self.url = f"http://{ct.HOST_ADDRESS}:{self.port}"
+        log = (STATE / "emulator.log").open("w")
+        self.process = subprocess.Popen([sys.executable, "-m", "tools.patched_moto", "-H", ct.HOST_ADDRESS,
+                                         "-p", str(self.port)], cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                self.client("sts").get_caller_identity()
+                return
+            except Exception:  # noqa: BLE001 - not up yet
+                time.sleep(0.3)
+        raise ct.RehearsalError("the emulator did not start; see .local/rehearsal/emulator.log")
+
+    def client(self, service: str, region: str = "ap-northeast-2"):
+        return boto3.client(service, region_name=region, endpoint_url=self.url,
+                            aws_access_key_id="rehearsal", aws_secret_access_key="rehearsal")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+# --- one environment ---------------------------------------------------------------------------
+
+
+class Environment:
+    def __init__(self, name: str, stack: str, region: str, assembly: Path, emulator: Emulator,
+                 root: Path, wheelhouse: Path, first_index: int) -> None:
+        self.name, self.stack, self.region = name, stack, region
+        self.assembly = assembly
+        self.template = tpl.load(assembly, stack)
+        self.servers = tpl.servers(self.template, stack)
+        self.emulator = emulator
+        self.root, self.wheelhouse = root, wheelhouse
+        self.next_index = first_index
+        self.containers: list[ct.Container] = []
+        self.refs: dict[str, str] = {}
+        self.attributes: dict[tuple[str, str], str] = {}
+        self.secret_values: dict[str, dict] = {}
+
+    def container(self, label: str, **kwargs) -> ct.Container:
+        c = ct.Container(f"{self.name}-{label}", root=self.root, state_dir=STATE / "run", index=self.next_index,
+                         **kwargs)
+        self.next_index += 1
+        self.containers.append(c)
+        c.create(self.wheelhouse)
+        return c
+
+    def cleanup(self) -> None:
+        for c in self.containers:
+            c.destroy()
+
+    # What CloudFormation would resolve: pseudo parameters, the secret, the volume, addresses.
+    def prepare_aws(self) -> None:
+        resources = self.template["Resources"]
+        stack_uuid = "6f1c3a2e-0b7d-11f0-9c3e-0a1b2c3d4e5f"
+        self.refs.update({
+            "AWS::Region": self.region, "AWS::StackName": self.stack, "AWS::AccountId": ACCOUNT,
+            "AWS::URLSuffix": "amazonaws.com", "AWS::Partition": "aws",
+            "AWS::StackId": f"arn:aws:cloudformation:{self.region}:{ACCOUNT}:stack/{self.stack}/{stack_uuid}",
+        })
+        sm = self.emulator.client("secretsmanager", self.region)
+        for lid, res in resources.items():
+            kind = res["Type"]
+            if kind == "AWS::SecretsManager::Secret":
+                spec = res["Properties"]["GenerateSecretString"]
+                value = json.loads(spec.get("SecretStringTemplate", "{}"))
+                value[spec["GenerateStringKey"]] = secrets.token_urlsafe(24).replace("-", "x").replace("_", "y")
+                arn = sm.create_secret(Name=f"{self.stack}-{lid}-{secrets.token_hex(3)}",
+                                       SecretString=json.dumps(value))["ARN"]
+                self.refs[lid] = arn
+                self.secret_values[lid] = value
+            elif kind in ("AWS::IAM::Role", "AWS::IAM::InstanceProfile", "AWS::Logs::LogGroup"):
+                self.refs[lid] = f"{self.stack}-{lid}"
+            elif kind == "AWS::EC2::VPC":
+                self.attributes[(lid, "CidrBlock")] = str(ct.SUBNET)
+        for lid, res in resources.items():  # an attachment's Ref is its secret's ARN
+            if res["Type"] == "AWS::SecretsManager::SecretTargetAttachment":
+                self.refs[lid] = self.refs[res["Properties"]["SecretId"]["Ref"]]
+
+    def resolver(self) -> tpl.Resolver:
+        return tpl.Resolver(self.template, self.refs, self.attributes)
+
+    def stage_server(self, c: ct.Container, server: tpl.Server, assembly: Path, template: dict) -> None:
+        """Write what CloudFormation and S3 would hand this server into its stand-in directory."""
+        resolver = tpl.Resolver(template, self.refs, self.attributes)
+        metadata = resolver.resolve(template["Resources"][server.init_resource].get("Metadata", {}))
+        (c.cfn / "metadata" / f"{server.init_resource}.json").write_text(json.dumps(metadata, indent=1))
+        for asset in assembly.glob("asset.*"):
+            archive = c.cfn / "assets" / f"{asset.name.removeprefix('asset.')}.zip"
+            if asset.is_dir() and not archive.exists():
+                with zipfile.ZipFile(archive, "w") as z:
+                    for path in sorted(asset.rglob("*")):
+                        if path.is_file():
+                            z.write(path, path.relative_to(asset))
+        (c.cfn / "packages.json").write_text(json.dumps(PACKAGES))
+        (c.cfn / "endpoint").write_text(self.emulator.url)
+        (c.cfn / "local-ipv4").write_text(c.address)
+        (c.cfn / "cfn-hup-poll-seconds").write_text(str(CFN_HUP_POLL_SECONDS))
+        ec2 = self.emulator.client("ec2", self.region)
+        image = ec2.describe_images()["Images"][0]["ImageId"]
+        instance = ec2.run_instances(ImageId=image, MinCount=1, MaxCount=1,
+                                     Placement={"AvailabilityZone": f"{self.region}a"})["Instances"][0]
+        (c.cfn / "instance-id").write_text(instance["InstanceId"])
+        c.prepare_image(user_data=tpl.user_data_script(resolver, server), hostname=c.name)
+
+    def create_volume(self, lid: str) -> None:
+        ec2 = self.emulator.client("ec2", self.region)
+        self.refs[lid] = ec2.create_volume(AvailabilityZone=f"{self.region}a", Size=20)["VolumeId"]
+
+
+# --- checks ------------------------------------------------------------------------------------
+
+
+def http_get(url: str, timeout: float = 5) -> tuple[int | None, dict]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as reply:
+            return reply.status, json.loads(reply.read() or b"{}")
+    except urllib.error.HTTPError as error:
+        return error.code, {}
+    except (OSError, ValueError):
+        return None, {}
+
+
+def wait_http(url: str, timeout: float, want: int = 200) -> tuple[int | None, dict]:
+    deadline = time.monotonic() + timeout
+    status, body = None, {}
+    while time.monotonic() < deadline:
+        status, body = http_get(url)
+        if status == want:
+            return status, body
+        time.sleep(0.5)
+    return status, body
+
+
+def app_units(c: ct.Container) -> list[str]:
+    out = c.run("systemctl list-units --type=service --state=active --plain --no-legend 'app*.service'",
+                check=False).stdout
+    return [line.split()[0] for line in out.splitlines() if line.strip()]
+
+
+def check_hardening(c: ct.Container, unit: str) -> str | None:
+    """The unit runs as its own user, under its sandbox: read from the running process itself."""
+    show = dict(line.split("=", 1) for line in c.run(
+        f"systemctl show {unit} -p MainPID -p User -p NoNewPrivileges -p ProtectSystem -p PrivateTmp "
+        "-p ProtectHome -p CapabilityBoundingSet").stdout.splitlines() if "=" in line)
+    pid = show.get("MainPID", "0")
+    if pid == "0":
+        return f"{unit} has no main process"
+    status = c.run(f"cat /proc/{pid}/status").stdout
+    fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+    uid = fields["Uid"].split()[0]
+    problems = []
+    if uid == "0":
+        problems.append("runs as root")
+    if fields.get("NoNewPrivs", "").strip() != "1":
+        problems.append("NoNewPrivs is off")
+    if show.get("ProtectSystem") != "strict":
+        problems.append(f"ProtectSystem={show.get('ProtectSystem')}")
+    if c.run(f"nsenter -t {pid} -m test -w /usr", check=False).returncode == 0:
+        problems.append("/usr is writable to it")
+    return "; ".join(problems) or None
+
+
+def boot_and_signal(c: ct.Container, server: tpl.Server, result: Result, *, expect: str = "SUCCESS",
+                    limit_sec: float | None = None) -> dict | None:
+    started = c.boot()
+    signal = c.wait_for_signal(limit_sec or server.signal_timeout_sec)
+    if signal:
+        result.boot_to_signal_sec = signal["time"] - started
+    if not signal or signal["status"] != expect:
+        what = f"signal {signal['status']} (expected {expect})" if signal else \
+            f"no signal within {limit_sec or server.signal_timeout_sec} s"
+        result.fail("boot", f"{what}\n{diagnose(c)}")
+    return signal
+
+
+def diagnose(c: ct.Container) -> str:
+    """What an operator would look at first: cfn-init's last words and the units that are unhappy."""
+    if not c.pid:
+        return "(the container is not running)"
+    out = c.run("grep -h 'error' /var/log/cfn-init.log | tail -n 2 | cut -c1-300; "
+                "systemctl --failed --no-legend --plain; "
+                "for u in $(systemctl list-units --all --plain --no-legend 'app*.service' 'nginx.service' "
+                "'postgresql.service' 'webapp-*.service' | awk '{print $1}'); do "
+                "systemctl status $u --no-pager -n 3 2>/dev/null | grep -E 'Active:|status=|Failed' | head -n 3; done",
+                check=False).stdout
+    return "\n".join("             " + line for line in out.strip().splitlines()[:20])
+
+
+def check_app_server(env: Environment, c: ct.Container, server: tpl.Server, result: Result) -> None:
+    base = f"http://{c.address}:{server.service_port}"
+    for path in (server.health_path, "/"):
+        status, _ = wait_http(base + path, 30)
+        if status != 200:
+            result.fail("boot", f"GET {path} answered {status}")
+            return
+    units = app_units(c)
+    if not units:
+        result.fail("boot", "no active app unit")
+        return
+    for unit in units:
+        problem = check_hardening(c, unit)
+        if problem:
+            result.fail("hardening", f"{unit}: {problem}")
+            return
+    result.ok(f"boot({len(units)} unit{'s' if len(units) > 1 else ''})")
+    result.ok("hardening")
+
+    with Load(base + "/", connections=4) as load:
+        time.sleep(LOAD_SECONDS)
+    failures = load.failures()
+    if failures or len(load.responses) < 10:
+        result.fail("load", f"{len(failures)} of {len(load.responses)} requests failed: "
+                            f"{(failures[0].error or failures[0].status) if failures else 'too few requests'}")
+    else:
+        result.ok(f"load({len(load.responses)} req, 0 failed)")
+
+    unit = units[0]
+    before = c.run(f"systemctl show -p MainPID --value {unit}").stdout.strip()
+    c.run(f"kill -9 {before}")
+    deadline = time.monotonic() + 15
+    after = before
+    while time.monotonic() < deadline:
+        after = c.run(f"systemctl show -p MainPID --value {unit}").stdout.strip()
+        if after not in ("0", before) and http_get(base + server.health_path)[0] == 200:
+            break
+        time.sleep(0.3)
+    if after in ("0", before):
+        result.fail("crash", f"{unit} not restarted after kill -9 of {before}")
+    else:
+        result.ok(f"crash(restarted in {15 - (deadline - time.monotonic()):.1f} s)")
+
+
+def visits(c: ct.Container, server: tpl.Server) -> int | None:
+    status, body = wait_http(f"http://{c.address}:{server.service_port}/", 15)
+    return body.get("visits") if status == 200 else None
+
+
+def reboot(c: ct.Container, server: tpl.Server, result: Result, *, check_url: str | None) -> bool:
+    c.poweroff()
+    c.boot()
+    c.wait_until_running(120)
+    if check_url:
+        status, _ = wait_http(check_url, 90)
+        if status != 200:
+            failed = c.run("systemctl --failed --no-legend", check=False).stdout.strip()
+            result.fail("reboot", f"{check_url} answered {status} after reboot; failed units: {failed}")
+            return False
+    return True
+
+
+# --- the rehearsal ------------------------------------------------------------------------------
+
+
+def rehearse_environment(env: Environment, config, workdir: Path) -> list[Result]:
+    results: list[Result] = []
+    env.prepare_aws()
+    db_servers = [s for s in env.servers if s.kind == "database server"]
+    app_server = next(s for s in env.servers if s.is_app_server)
+    rds = [lid for lid, r in env.template["Resources"].items() if r["Type"] == "AWS::RDS::DBInstance"]
+    db_container = None
+    db_result = None
+
+    if db_servers:
+        server = db_servers[0]
+        db_result = Result(env.name, server.kind, standins=["cloud-init", "cfn-init", "EBS", "ec2-metadata",
+                                                            "aws->emulator", "postgresql-setup", "CW agent"])
+        results.append(db_result)
+        volume = next(lid for lid, r in env.template["Resources"].items() if r["Type"] == "AWS::EC2::Volume")
+        env.create_volume(volume)
+        db_container = env.container("db", data_volume_mib=300)
+        env.attributes[(server.logical_id, "PrivateIp")] = db_container.address
+        env.stage_server(db_container, server, env.assembly, env.template)
+        if boot_and_signal(db_container, server, db_result) and not db_result.failures:
+            checks = db_container.run("systemctl is-active postgresql.service; findmnt -n -o SOURCE /var/lib/pgsql",
+                                      check=False).stdout.split()
+            if checks[:1] != ["active"] or len(checks) < 2:
+                db_result.fail("boot", f"postgresql / data mount: {checks}")
+            else:
+                db_result.ok(f"boot(postgresql on {checks[1]})")
+    elif rds:
+        instance = env.template["Resources"][rds[0]]["Properties"]
+        db_container = env.container("rds")
+        env.attributes[(rds[0], "Endpoint.Address")] = db_container.address
+        env.attributes[(rds[0], "Endpoint.Port")] = str(instance.get("Port", 5432))
+        secret_lid = next(lid for lid, r in env.template["Resources"].items()
+                          if r["Type"] == "AWS::SecretsManager::Secret")
+        start_rds_standin(db_container, env.secret_values[secret_lid], instance.get("DBName", "app"),
+                          int(instance.get("Port", 5432)))
+
+    # The broken app boots alongside, in its own container: its signal must be FAILURE.
+    broken_result = Result(env.name, f"{app_server.kind} (broken app)", standins=["as above"])
+    broken = start_broken(env, config, app_server, workdir, broken_result)
+
+    result = Result(env.name, app_server.kind, standins=[
+        "cloud-init", "cfn-init/cfn-hup", "S3 asset", "PyPI wheelhouse", "aws->emulator", "CW agent"]
+        + (["AL2023 postgresql"] if app_server.stage == 1 else []))
+    results.insert(0, result)
+    app = env.container("app")
+    env.stage_server(app, app_server, env.assembly, env.template)
+    if db_result and db_result.failures:
+        result.fail("boot", "skipped: the database server did not boot")
+    elif boot_and_signal(app, app_server, result) and not result.failures:
+        check_app_server(env, app, app_server, result)
+        base = f"http://{app.address}:{app_server.service_port}"
+        count = visits(app, app_server)
+        if reboot(app, app_server, result, check_url=base + "/"):
+            after = visits(app, app_server)
+            if count is None or after is None or after <= count:
+                result.fail("reboot", f"visits {count} before, {after} after: data lost")
+            else:
+                result.ok("reboot(data kept)")
+        if db_container and db_servers and not db_result.failures:
+            count = visits(app, app_server)
+            if reboot(db_container, db_servers[0], db_result, check_url=None):
+                status, body = wait_http(base + "/", 60)
+                if status != 200 or count is None or body.get("visits", 0) <= count:
+                    db_result.fail("reboot", f"app answered {status}, visits {count} -> {body.get('visits')}")
+                else:
+                    db_result.ok("reboot(data kept on its volume)")
+        if app_server.stage in (1, 2):
+            in_place_update(env, config, app, app_server, workdir, result)
+    finish_broken(broken, app_server, broken_result)
+    results.append(broken_result)
+    return results
+
+
+def start_rds_standin(c: ct.Container, secret: dict, database: str, port: int) -> None:
+    """RDS cannot run here: PostgreSQL 15 in its own container, with the secret's master user."""
+    c.prepare_image(user_data=None, hostname=c.name)
+    c.boot()
+    c.wait_until_running(60)
+    password = secret["password"]
+    c.run(f"""set -e
+postgresql-setup --initdb
+cat >> /var/lib/pgsql/data/postgresql.conf <<'EOF'
+listen_addresses = '*'
+port = {port}
+EOF
+echo "host all all {ct.SUBNET} scram-sha-256" >> /var/lib/pgsql/data/pg_hba.conf
+systemctl start postgresql.service
+cd /
+runuser -u postgres -- psql -q -v ON_ERROR_STOP=1 -c "CREATE ROLE {secret['username']} LOGIN PASSWORD '{password}'"
+runuser -u postgres -- psql -q -v ON_ERROR_STOP=1 -c "CREATE DATABASE {database} OWNER {secret['username']}"
+""")
+
+
+def start_broken(env: Environment, config, server: tpl.Server, workdir: Path, result: Result):
+    assembly = synth.synthesize([config], workdir / f"cdk.out.{env.name}.broken",
+                                app_source=synth.changed_app(workdir, broken=True))
+    template = tpl.load(assembly, env.stack)
+    broken = next(s for s in tpl.servers(template, env.stack) if s.kind == server.kind)
+    c = env.container("broken")
+    env.stage_server(c, broken, assembly, template)
+    holder: dict = {}
+
+    def boot() -> None:
+        started = time.monotonic()
+        try:
+            holder["signal"] = boot_and_signal(c, broken, result, expect="FAILURE")
+        except Exception as error:  # noqa: BLE001 - reported as the step's failure
+            result.fail("broken-app", repr(error))
+        holder["seconds"] = time.monotonic() - started
+
+    thread = threading.Thread(target=boot, daemon=True)
+    thread.start()
+    return thread, holder, broken
+
+
+def finish_broken(broken, server: tpl.Server, result: Result) -> None:
+    thread, holder, broken_server = broken
+    thread.join(broken_server.signal_timeout_sec + 60)
+    signal = holder.get("signal")
+    if signal and signal["status"] == "FAILURE" and not result.failures:
+        result.ok(f"broken-app(FAILURE after {result.boot_to_signal_sec:.0f} s, "
+                  f"within the {broken_server.signal_timeout_sec // 60}-minute timeout: the stack rolls back)")
+
+
+def in_place_update(env: Environment, config, c: ct.Container, server: tpl.Server, workdir: Path,
+                    result: Result) -> None:
+    """Change one app file, re-synthesize, hand the server the new metadata; cfn-hup does the rest."""
+    release = f"r{secrets.token_hex(3)}"
+    assembly = synth.synthesize([config], workdir / f"cdk.out.{env.name}.update",
+                                app_source=synth.changed_app(workdir, release=release))
+    template = tpl.load(assembly, env.stack)
+    before = visits(c, server)
+    resolver = tpl.Resolver(template, env.refs, env.attributes)
+    metadata = resolver.resolve(template["Resources"][server.init_resource].get("Metadata", {}))
+    for asset in assembly.glob("asset.*"):
+        archive = c.cfn / "assets" / f"{asset.name.removeprefix('asset.')}.zip"
+        if asset.is_dir() and not archive.exists():
+            with zipfile.ZipFile(archive, "w") as z:
+                for path in sorted(asset.rglob("*")):
+                    if path.is_file():
+                        z.write(path, path.relative_to(asset))
+    started = time.monotonic()
+    (c.cfn / "metadata" / f"{server.init_resource}.json").write_text(json.dumps(metadata, indent=1))
+    base = f"http://{c.address}:{server.service_port}/"
+    deadline = time.monotonic() + 180
+    body: dict = {}
+    while time.monotonic() < deadline:
+        status, body = http_get(base)
+        if status == 200 and body.get("release") == release:
+            break
+        time.sleep(0.5)
+    if body.get("release") != release:
+        log = c.run("journalctl -u cfn-hup --no-pager -n 20; tail -n 10 /var/log/cfn-init.log", check=False).stdout
+        result.fail("update", f"release {release} not served after 180 s\n{log}")
+    elif before is None or body.get("visits", 0) <= before:
+        result.fail("update", f"visits {before} before, {body.get('visits')} after: data lost")
+    else:
+        result.ok(f"update(cfn-hup served the new code in {time.monotonic() - started:.0f} s, data kept)")
+
+
+def wheelhouse() -> Path:
+    requirements = REPO / "app_tier" / "sample_app" / "requirements.txt"
+    import hashlib
+    key = hashlib.sha256(requirements.read_bytes()).hexdigest()[:12]
+    path = STATE / f"wheels-{key}"
+    if not (path / ".complete").exists():
+        shutil.rmtree(path, ignore_errors=True)
+        subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check",
+                        "--only-binary=:all:", "-r", str(requirements), "-d", str(path)], check=True)
+        (path / ".complete").touch()
+    return path
+
+
+def rehearsal_root() -> Path:
+    out = subprocess.run([str(REPO / "scripts" / "rehearsal-root.sh")], check=True, capture_output=True, text=True,
+                         cwd=REPO)
+    return REPO / out.stdout.strip().splitlines()[-1]
+
+
+def main(env_names: list[str] | None) -> int:
+    if os.geteuid() != 0:
+        say("rehearsal: needs root (systemd-nspawn, network namespaces, loop devices)")
+        return 2
+    from envconfig import load_environments
+    configs = {c.name: c for c in load_environments()}
+    configs["stage2"] = synth.stage2_config()
+    names = env_names or ["dev", "stage2", "staging", "prod"]
+    unknown = [n for n in names if n not in configs]
+    if unknown:
+        say(f"rehearsal: unknown environment(s) {unknown}; allowed: {sorted(configs)}")
+        return 2
+    STATE.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    root = rehearsal_root()
+    wheels = wheelhouse()
+    workdir = STATE / "work"
+    workdir.mkdir(exist_ok=True)
+    assembly = synth.synthesize([configs[n] for n in names], workdir / "cdk.out")
+    say(f"rehearsal: synthesized {', '.join(names)} in {time.monotonic() - started:.0f} s; root {root.name}")
+    ct.bridge_up()
+    emulator = Emulator()
+    results: list[Result] = []
+    try:
+        for i, name in enumerate(names):
+            config = configs[name]
+            env = Environment(name, config.stack_name, config.region, assembly, emulator, root, wheels,
+                              first_index=10 * i)
+            env_started = time.monotonic()
+            try:
+                env_results = rehearse_environment(env, config, workdir)
+            except Exception as error:  # noqa: BLE001 - one environment's crash is its failure, not the run's
+                failed = Result(name, "rehearsal")
+                failed.fail("rehearsal", repr(error))
+                env_results = [failed]
+            finally:
+                env.cleanup()
+            for r in env_results:
+                say(r.line())
+            say(f"           ({name}: {time.monotonic() - env_started:.0f} s)")
+            results += env_results
+    finally:
+        emulator.stop()
+        ct.bridge_down()
+    booted = sum(1 for r in results if r.boot_to_signal_sec is not None)
+    failed = sum(1 for r in results if r.failures)
+    say(f"stand-ins (not under test): {'; '.join(STANDINS_USED)}")
+    say(f"rehearsal took {time.monotonic() - started:.0f} s")
+    say(f"rehearsal: {booted} servers booted, {failed} failed")
+    return 1 if failed or not results else 0
