@@ -18,6 +18,7 @@ from constructs import Construct
 from app_tier import render
 from cdk_constructs import bootstrap
 from cdk_constructs.nag import acknowledge
+from cdk_constructs.naming import stack_id_suffix
 from cdk_constructs.network import RETENTION_DAYS
 from cdk_constructs.observability import ServerLogs
 from cdk_constructs.server import (
@@ -81,7 +82,10 @@ class Database(Construct):
                    backup_retention_days, multi_az, log_retention_days) -> None:
         # RDS creates its log group on first export, with no expiry; CDK's retention setting
         # needs a Lambda custom resource. A fixed identifier lets the stack own the group instead.
-        identifier = f"{Stack.of(self).stack_name}-database"
+        # A custom name also makes CloudFormation refuse a silent replacement of the instance.
+        # Both outlive a destroyed prod stack, so the name ends in the stack-ID suffix: a
+        # re-created stack gets a new one instead of "already exists".
+        identifier = f"{Stack.of(self).stack_name}-database-{stack_id_suffix(self)}"
         self.log_group = logs.LogGroup(self, "Logs", log_group_name=f"/aws/rds/instance/{identifier}/postgresql",
                                        retention=RETENTION_DAYS[log_retention_days],
                                        # log groups have no snapshot: keep them instead

@@ -13,6 +13,7 @@ from constructs import Construct
 
 from app_tier import render
 from cdk_constructs.nag import acknowledge
+from cdk_constructs.naming import stack_id_suffix
 from cdk_constructs.network import RETENTION_DAYS
 
 AGENT_CONFIG = "/opt/aws/amazon-cloudwatch-agent/etc/amazon-cloudwatch-agent.json"
@@ -40,6 +41,9 @@ class ServerLogs(Construct):
         PostgreSQL itself (not RDS). Only streams that something writes get a log group."""
         super().__init__(scope, construct_id)
         self.prefix = prefix
+        # Retained groups outlive the stack: their names end the prefix with the stack-ID suffix,
+        # so a re-created stack does not collide with them. The agent config uses the same names.
+        self.suffix = "" if removal_policy == RemovalPolicy.DESTROY else f"-{stack_id_suffix(self)}"
         self.streams = {name: path for name, path in self.STREAMS.items()
                         if (nginx or not name.startswith("nginx")) and (postgresql or name != "postgresql")}
         self.groups = {
@@ -49,7 +53,7 @@ class ServerLogs(Construct):
         }
 
     def group_name(self, stream: str) -> str:
-        return f"/{self.prefix}/{stream}"
+        return f"/{self.prefix}{self.suffix}/{stream}"
 
     def grant(self, role: iam.IRole, *, server: str) -> None:
         """Let a server's role write these logs and the agent's metrics.

@@ -54,8 +54,7 @@ class WebServiceStack(Stack):
         backed_up = self.service.backed_up_resources()
         if backed_up:
             self.backup = DataBackup(self, "Backup", resources=backed_up,
-                                     retention_days=config.operations.backup_retention_days,
-                                     removal_policy=stateful_removal)
+                                     retention_days=config.operations.backup_retention_days)
 
     @property
     def availability_zones(self) -> list[str]:

@@ -35,3 +35,19 @@ def ingress_rules(template: dict) -> list[Ingress]:
     """Every ingress rule, inline on a security group or standalone (tools.synthesized reads them)."""
     return [Ingress(r.group, r.cidr or r.source_group, r.from_port, r.to_port)
             for r in synthesized.ingress_rules(synthesized.Template(template))]
+
+
+# The first 8 hex digits of the stack's own UUID (cdk_constructs.naming.stack_id_suffix).
+STACK_ID_SUFFIX = {"Fn::Select": [0, {"Fn::Split": ["-", {"Fn::Select": [2, {"Fn::Split": [
+    "/", {"Ref": "AWS::StackId"}]}]}]}]}
+
+
+def name_of(value) -> str:
+    """A name as a string: a literal, or a Fn::Join whose only token is the stack-ID suffix,
+    rendered as "<stack-id>"."""
+    if isinstance(value, str):
+        return value
+    if value == STACK_ID_SUFFIX:
+        return "<stack-id>"
+    separator, parts = value["Fn::Join"]
+    return separator.join(name_of(p) for p in parts)

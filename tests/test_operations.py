@@ -7,7 +7,7 @@ import json
 import shutil
 
 import pytest
-from cfn import path_of, resources
+from cfn import name_of, path_of, resources
 from stack_support import build_app
 from test_logical_ids import STATEFUL_TYPES
 
@@ -50,13 +50,16 @@ def test_ec2_database_alarms_on_cpu_and_disk_through_the_cloudwatch_agent(synthe
 @pytest.mark.parametrize("env", ["dev", "staging", "prod"])
 def test_logs_go_to_cloudwatch_with_the_configured_retention(synthesized_templates, env):
     config = load_environment(env)
-    groups = {r["Properties"]["LogGroupName"]: r for r in resources(synthesized_templates[env], "AWS::Logs::LogGroup").values()
-              if r["Properties"].get("LogGroupName", "").startswith(f"/staged-web-{env}/")}
+    # Retained groups (prod) carry the stack-ID suffix, so a re-created stack does not collide.
+    prefix = f"/staged-web-{env}" + ("-<stack-id>/" if config.is_production else "/")
+    groups = {name_of(r["Properties"]["LogGroupName"]): r
+              for r in resources(synthesized_templates[env], "AWS::Logs::LogGroup").values()
+              if name_of(r["Properties"].get("LogGroupName", "")).startswith(prefix)}
     streams = ["app", "cfn-init"] + (["nginx-access", "nginx-error"] if config.stage == 4 else []) + (
         ["postgresql"] if config.database.kind == "ec2" else [])
     assert sorted(g.rsplit("/", 1)[1] for g in groups) == sorted(streams)
     for stream in streams:
-        group = groups[f"/staged-web-{env}/{stream}"]
+        group = groups[f"{prefix}{stream}"]
         assert group["Properties"]["RetentionInDays"] == config.operations.log_retention_days
         assert group["DeletionPolicy"] == ("Retain" if config.is_production else "Delete")
 
@@ -101,7 +104,8 @@ def test_prod_keeps_every_stateful_resource_and_protects_the_database(synthesize
     assert db["Properties"]["DeletionProtection"] is True
     # RDS's exported logs land in a group the stack owns, with the environment's retention.
     rds_logs = [r for r in resources(template, "AWS::Logs::LogGroup").values()
-                if r["Properties"].get("LogGroupName") == f"/aws/rds/instance/{db['Properties']['DBInstanceIdentifier']}/postgresql"]
+                if name_of(r["Properties"].get("LogGroupName", "")) ==
+                f"/aws/rds/instance/{name_of(db['Properties']['DBInstanceIdentifier'])}/postgresql"]
     assert len(rds_logs) == 1 and rds_logs[0]["Properties"]["RetentionInDays"] == 90
     assert db["Properties"]["MultiAZ"] is True
     assert db["Properties"]["BackupRetentionPeriod"] == load_environment("prod").operations.backup_retention_days

@@ -5,29 +5,22 @@ never replaces, and names that neither collide between environments nor outlive 
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
-from cfn import path_of, resources
+from cfn import name_of, path_of, resources
 from stack_support import SHIPPED, VARIANTS
 
 from cdk_constructs.database import DATA_DEVICE
 
 ALL = SHIPPED + VARIANTS
 EC2_DATABASE = ["staging", "stage2ec2", "https"]
+RDS = ["prod", "stage2rds"]
+BACKED_UP = ["dev", "staging", "stage2ec2", "https"]
 
 
 def _config(cdk_app, env):
     return cdk_app[1][env].service.config
-
-
-def _contains(value, part) -> bool:
-    if value == part:
-        return True
-    if isinstance(value, dict):
-        return any(_contains(v, part) for v in value.values())
-    if isinstance(value, list):
-        return any(_contains(v, part) for v in value)
-    return False
 
 
 def _database_server(template: dict) -> tuple[str, dict]:
@@ -161,3 +154,51 @@ def test_data_volume_attach_fails_loudly(synthesized_templates, env):
     assert "|| true" not in text
     assert f"if [ ! -e {DATA_DEVICE} ]; then aws ec2 attach-volume" in text
     assert f"[ -e {DATA_DEVICE} ] || {{ echo 'data volume {DATA_DEVICE} did not appear' >&2; exit 1; }}" in text
+
+
+# -- 3. names that neither collide nor outlive a stack ---------------------------------------
+
+@pytest.mark.parametrize("env", BACKED_UP)
+def test_backup_plan_is_named_after_its_stack(synthesized_templates, cdk_app, env):
+    (plan,) = resources(synthesized_templates[env], "AWS::Backup::BackupPlan").values()
+    name = plan["Properties"]["BackupPlan"]["BackupPlanName"]
+    assert name == f"{_config(cdk_app, env).stack_name}-daily"
+
+
+@pytest.mark.parametrize("env", BACKED_UP)
+def test_backup_vault_is_retained_and_named_per_incarnation(synthesized_templates, cdk_app, env):
+    (vault,) = resources(synthesized_templates[env], "AWS::Backup::BackupVault").values()
+    assert vault["DeletionPolicy"] == "Retain" and vault["UpdateReplacePolicy"] == "Retain"
+    assert name_of(vault["Properties"]["BackupVaultName"]) == f"{_config(cdk_app, env).stack_name}-<stack-id>"
+
+
+@pytest.mark.parametrize("env", RDS)
+def test_rds_identifier_and_its_log_group_are_unique_per_incarnation(synthesized_templates, cdk_app, env):
+    template = synthesized_templates[env]
+    (db,) = resources(template, "AWS::RDS::DBInstance").values()
+    identifier = name_of(db["Properties"]["DBInstanceIdentifier"])
+    assert identifier == f"{_config(cdk_app, env).stack_name}-database-<stack-id>"
+    (group,) = [r for r in resources(template, "AWS::Logs::LogGroup").values()
+                if "/Service/Database/Logs/" in path_of(r)]
+    # The log group is the one RDS writes to.
+    assert name_of(group["Properties"]["LogGroupName"]) == f"/aws/rds/instance/{identifier}/postgresql"
+
+
+@pytest.mark.parametrize("env", ALL)
+def test_retained_server_log_groups_are_unique_per_incarnation(synthesized_templates, cdk_app, env):
+    template = synthesized_templates[env]
+    groups = [r for r in resources(template, "AWS::Logs::LogGroup").values()
+              if re.search(r"/Logs/[^/]+/Resource$", path_of(r)) and "LogGroupName" in r["Properties"]]
+    assert groups
+    stack = _config(cdk_app, env).stack_name
+    agent_configs = [name_of(c["content"]) for r in template["Resources"].values()
+                     for c in [r.get("Metadata", {}).get("AWS::CloudFormation::Init", {}).get("agent", {})
+                               .get("files", {}).get("/opt/aws/amazon-cloudwatch-agent/etc/amazon-cloudwatch-agent.json")]
+                     if c]
+    assert agent_configs
+    for group in groups:
+        name = name_of(group["Properties"]["LogGroupName"])
+        retained = group["DeletionPolicy"] == "Retain"
+        assert name.startswith(f"/{stack}-<stack-id>/" if retained else f"/{stack}/"), name
+        # the CloudWatch agent writes to the same name
+        assert all(f'"log_group_name": "{name}"' in c for c in agent_configs), name
