@@ -14,6 +14,9 @@ from __future__ import annotations
 import base64
 import functools
 import json
+import time
+import urllib.error
+import urllib.request
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,6 +32,10 @@ BOOTSTRAP_MARKER = "cfn-init"      # the user data runs cfn-init, which applies 
 DEFAULT_DEREGISTRATION_DELAY = "300"
 
 PASS, FAIL, NOT_SHOWN = "pass", "FAIL", "n/a"
+# The HTTP smoke test of a real deploy (`verify --aws`): bounded, about a minute at worst per URL.
+SMOKE_ATTEMPTS = 6
+SMOKE_TIMEOUT_SEC = 10
+SMOKE_DELAY_SEC = 5
 
 
 @dataclass(frozen=True)
@@ -101,10 +108,50 @@ def emulator_supports(resource_type: str) -> bool:
     return resource_type.startswith("Custom::") or resource_type in get_model_map()
 
 
+def _get(url: str, timeout: float) -> tuple[int | None, str]:
+    """One GET: the HTTP status (None when no answer) and what happened."""
+    request = urllib.request.Request(url, headers={"User-Agent": "staged-web-verify"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, f"HTTP {response.status}"
+    except urllib.error.HTTPError as err:
+        return err.code, f"HTTP {err.code}"
+    except urllib.error.URLError as err:
+        return None, f"{type(err.reason).__name__}: {err.reason}"
+    except OSError as err:                       # timeouts, resets
+        return None, f"{type(err).__name__}: {err}"
+
+
+def http_smoke_checks(url: str, *, health_path: str = "health", attempts: int = SMOKE_ATTEMPTS,
+                      timeout: float = SMOKE_TIMEOUT_SEC, delay: float = SMOKE_DELAY_SEC,
+                      sleep: Callable[[float], Any] = time.sleep) -> list[Check]:
+    """GET <url><health_path>, then <url>, each expecting 200 within `attempts` tries of at most
+    `timeout` seconds, `delay` seconds apart (a server that has just signalled may still be
+    registering with the load balancer). Standard library only."""
+    base = url if url.endswith("/") else url + "/"
+    checks = []
+    for target in (base + health_path.lstrip("/"), base):
+        outcome = "no attempt"
+        for attempt in range(1, attempts + 1):
+            status, outcome = _get(target, timeout)
+            if status == 200:
+                checks.append(Check(f"HTTP GET {target} answers 200", PASS,
+                                    f"{outcome} at attempt {attempt} of {attempts}"))
+                break
+            if attempt < attempts:
+                sleep(delay)
+        else:
+            checks.append(Check(f"HTTP GET {target} answers 200", FAIL,
+                                f"last: {outcome}; {attempts} attempts, {timeout:g} s timeout, {delay:g} s apart"))
+    return checks
+
+
 class StackVerifier:
-    def __init__(self, session, cfg: EnvironmentConfig, *, emulator: bool):
+    def __init__(self, session, cfg: EnvironmentConfig, *, emulator: bool, http_smoke: bool = False):
+        """`http_smoke`: also GET the `Url` output (a real deploy; in the emulator nothing serves it)."""
         self.cfg = cfg
         self.emulator = emulator
+        self.http_smoke = http_smoke
         self.cloudformation = session.client("cloudformation")
         self.ec2 = session.client("ec2")
         self.autoscaling = session.client("autoscaling")
@@ -127,6 +174,8 @@ class StackVerifier:
         self.add("stack status", self.report.status in OK_STACK_STATUSES, self.report.status)
         self.roles = Roles(self._resources())
         self._check_url(outputs)
+        if self.http_smoke:
+            self._check_http(self.report.url)
         self._check_network()
         self._check_security_groups()
         if self.cfg.stage.load_balanced:
@@ -203,6 +252,12 @@ class StackVerifier:
             self.not_shown("Url output", f"{url!r}: the emulator gives instances no public DNS name")
             return
         self.add("Url output", url.startswith(("http://", "https://")) and "." in url, url or "missing")
+
+    def _check_http(self, url: str) -> None:
+        if not url.startswith(("http://", "https://")):
+            self.add("HTTP smoke test", False, f"no usable Url output ({url or 'missing'})")
+            return
+        self.report.checks.extend(http_smoke_checks(url, health_path=self.cfg.load_balancer.health_check_path))
 
     # -- network --------------------------------------------------------------------------
 
@@ -524,10 +579,10 @@ def _forwards_to(listener: dict) -> set[str]:
 
 
 def verify(session, configs: list[EnvironmentConfig], *, emulator: bool,
-           progress: Callable[[StackReport], Any] | None = None) -> list[StackReport]:
+           progress: Callable[[StackReport], Any] | None = None, http_smoke: bool = False) -> list[StackReport]:
     reports = []
     for cfg in configs:
-        report = StackVerifier(session, cfg, emulator=emulator).run()
+        report = StackVerifier(session, cfg, emulator=emulator, http_smoke=http_smoke).run()
         reports.append(report)
         if progress:
             progress(report)

@@ -136,14 +136,16 @@ def _write_timings(state_dir: Path, data: dict) -> None:
 
 
 def _verify_real_account(configs: list[EnvironmentConfig]) -> int:
-    """The same checks after `make deploy`, with your own credentials (read-only calls)."""
+    """The same checks after `make deploy`, with your own credentials (read-only calls), plus an
+    HTTP smoke test of each stack's `Url` output (its health path and its root must answer 200)."""
     import boto3
 
     if os.environ.get("AWS_ENDPOINT_URL"):
         # Left over from pointing a shell at the emulator: it would check the emulator, not AWS.
         _say(f"AWS_ENDPOINT_URL is set ({os.environ['AWS_ENDPOINT_URL']}): unset it to check your real account")
         return 2
-    reports = [verify(boto3.session.Session(region_name=cfg.region), [cfg], emulator=False, progress=print_report)[0]
+    reports = [verify(boto3.session.Session(region_name=cfg.region), [cfg], emulator=False, progress=print_report,
+                      http_smoke=True)[0]
                for cfg in configs]
     failed = sum(len(r.failed) for r in reports)
     _say(f"checks: {sum(r.counts()[PASS] for r in reports)} passed, {failed} failed, across {len(reports)} stacks")
