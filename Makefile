@@ -9,11 +9,12 @@ export PYTHONDONTWRITEBYTECODE := 1
 CDK := npx --no-install cdk
 ENV_CTX := $(if $(ENV),-c env=$(ENV),)
 
-.PHONY: help setup synth test lint diff deploy clean snapshot-update deploy-local local-down cost diagrams bench
+.PHONY: help setup synth test rehearse lint diff deploy clean snapshot-update deploy-local local-down cost diagrams bench
 
 help:
 	@echo "make deploy-local [ENV=name]  deploy every environment (or one) to a local AWS emulator and verify it"
-	@echo "make test                     set up and run every test (nag, cfn-lint, snapshots, lab, emulator deploy)"
+	@echo "make test                     set up and run every test (boot rehearsal, nag, cfn-lint, snapshots, lab, emulator deploy)"
+	@echo "make rehearse [ENV=name]      boot every kind of server from the synthesized templates under real systemd"
 	@echo "make synth [ENV=name]         synthesize CloudFormation (no credentials needed)"
 	@echo "make diff ENV=name            cdk diff against your AWS account"
 	@echo "make deploy ENV=name          cdk deploy to your AWS account"
@@ -34,8 +35,13 @@ lint: setup
 	$(CDK) synth $(ENV_CTX) --quiet
 	$(VENV)/bin/cfn-lint cdk.out/*.template.json
 
+# The rehearsal first (it needs root: containers), then every other test; pytest's summary closes the run.
 test: setup
+	$(PY) -m rehearsal
 	$(VENV)/bin/python -m pytest
+
+rehearse: setup
+	$(PY) -m rehearsal $(if $(ENV),--env $(ENV),)
 
 diff: setup
 	@test -n "$(ENV)" || { echo "usage: make diff ENV=name"; exit 2; }

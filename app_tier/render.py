@@ -221,14 +221,14 @@ def app_server_commands(layout: ServerLayout) -> list[tuple[str, str]]:
     return [
         ("20-app-user", (f"id -u {user} >/dev/null 2>&1 || useradd --system --user-group"
                          f" --home-dir {root} --no-create-home --shell /sbin/nologin {user}")),
-        ("20-app-log-dir", f"systemd-tmpfiles --create {LOG_DIR_TMPFILES}"),
-        ("21-app-venv", f"test -x {root}/venv/bin/python || {PYTHON} -m venv {root}/venv"),
-        ("22-app-requirements", (f"{root}/venv/bin/pip install --disable-pip-version-check --no-input"
+        ("21-app-log-dir", f"systemd-tmpfiles --create {LOG_DIR_TMPFILES}"),
+        ("22-app-venv", f"test -x {root}/venv/bin/python || {PYTHON} -m venv {root}/venv"),
+        ("23-app-requirements", (f"{root}/venv/bin/pip install --disable-pip-version-check --no-input"
                                  f" --quiet -r {root}/app/requirements.txt")),
-        ("23-app-start", start),
+        ("24-app-start", start),
         # cfn-init succeeds, and the server signals CloudFormation, only once the service answers
         # its health check: a rolling update then waits for a working server and rolls back otherwise.
-        ("24-app-healthy", (f"for attempt in $(seq 1 60); do curl -fsS -o /dev/null --max-time 2"
+        ("25-app-healthy", (f"for attempt in $(seq 1 60); do curl -fsS -o /dev/null --max-time 2"
                             f" http://127.0.0.1:{layout.service_port}{layout.health_path} && exit 0; sleep 2; done;"
                             f" echo 'app not healthy after 120 s' >&2; exit 1")),
     ]

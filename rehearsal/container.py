@@ -182,9 +182,8 @@ mkdir -p /var/lib/cloud/instance/scripts /var/lib/rehearsal-cfn /opt/rehearsal/w
             self.poweroff(30)
         sh("ip", "link", "del", self.veth_host, check=False)
         sh("ip", "netns", "del", self.netns, check=False)
-        if self.dir.exists():
-            if os.path.ismount(self.merged):
-                sh("umount", str(self.merged), check=False)
+        if self.dir.exists() and os.path.ismount(self.merged):
+            sh("umount", str(self.merged), check=False)
         if self.loop_device:
             sh("losetup", "-d", self.loop_device, check=False)
             self.loop_device = None

@@ -415,19 +415,20 @@ def start_rds_standin(c: ct.Container, secret: dict, database: str, port: int) -
     c.prepare_image(user_data=None, hostname=c.name)
     c.boot()
     c.wait_until_running(60)
-    password = secret["password"]
-    c.run(f"""set -e
+    # The script goes in as a root-only file, so the password shows in no command line or error.
+    script = c.merged / "root" / "rds-standin.sh"
+    script.write_text(f"""set -e
 postgresql-setup --initdb
-cat >> /var/lib/pgsql/data/postgresql.conf <<'EOF'
-listen_addresses = '*'
-port = {port}
-EOF
+printf "listen_addresses = '*'\\nport = {port}\\n" >> /var/lib/pgsql/data/postgresql.conf
 echo "host all all {ct.SUBNET} scram-sha-256" >> /var/lib/pgsql/data/pg_hba.conf
 systemctl start postgresql.service
 cd /
-runuser -u postgres -- psql -q -v ON_ERROR_STOP=1 -c "CREATE ROLE {secret['username']} LOGIN PASSWORD '{password}'"
-runuser -u postgres -- psql -q -v ON_ERROR_STOP=1 -c "CREATE DATABASE {database} OWNER {secret['username']}"
+runuser -u postgres -- psql -p {port} -q -v ON_ERROR_STOP=1 \\
+  -c "CREATE ROLE {secret['username']} LOGIN PASSWORD '{secret['password']}'" \\
+  -c "CREATE DATABASE {database} OWNER {secret['username']}"
 """)
+    script.chmod(0o700)
+    c.run("bash /root/rds-standin.sh && rm /root/rds-standin.sh")
 
 
 def start_broken(env: Environment, config, server: tpl.Server, workdir: Path, result: Result):
@@ -552,14 +553,18 @@ def main(env_names: list[str] | None) -> int:
                 failed.fail("rehearsal", repr(error))
                 env_results = [failed]
             finally:
-                env.cleanup()
+                if not os.environ.get("REHEARSAL_KEEP"):
+                    env.cleanup()
             for r in env_results:
                 say(r.line())
             say(f"           ({name}: {time.monotonic() - env_started:.0f} s)")
             results += env_results
     finally:
-        emulator.stop()
-        ct.bridge_down()
+        if os.environ.get("REHEARSAL_KEEP"):
+            say("REHEARSAL_KEEP: containers, emulator and bridge left running (for a look inside)")
+        else:
+            emulator.stop()
+            ct.bridge_down()
     booted = sum(1 for r in results if r.boot_to_signal_sec is not None)
     failed = sum(1 for r in results if r.failures)
     say(f"stand-ins (not under test): {'; '.join(STANDINS_USED)}")

@@ -7,7 +7,6 @@ directory (an in-place update, a broken app) the way a user's edit would, then s
 from __future__ import annotations
 
 import dataclasses
-import os
 import json
 import shutil
 from pathlib import Path
@@ -19,8 +18,6 @@ from envconfig import EnvironmentConfig, Stage, load_environments
 from stacks import add_environments
 
 REPO = Path(__file__).resolve().parent.parent
-# jsii runs the CDK in Node: the project's pinned Node 22, as `make synth` uses.
-os.environ["PATH"] = f"{REPO / 'node_modules' / '.bin'}{os.pathsep}{os.environ.get('PATH', '')}"
 
 
 def cdk_context() -> dict:

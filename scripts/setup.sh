@@ -16,6 +16,11 @@ command -v dot >/dev/null 2>&1 || need_apt+=(graphviz)
 [ -x "$PG_BIN/initdb" ] || need_apt+=(postgresql)
 command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
 command -v runuser >/dev/null 2>&1 || need_apt+=(util-linux)
+# The boot rehearsal: containers with systemd as PID 1, their root, their network and data volume.
+command -v systemd-nspawn >/dev/null 2>&1 || need_apt+=(systemd-container)
+command -v debootstrap >/dev/null 2>&1 || need_apt+=(debootstrap)
+command -v mkfs.xfs >/dev/null 2>&1 || need_apt+=(xfsprogs)
+command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
 
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then

@@ -167,6 +167,6 @@ def test_the_boot_health_gate_passes_against_the_running_layout(lab):
     from app_tier import render
 
     name, command = render.app_server_commands(lab.layout)[-1]
-    assert name == "24-app-healthy" and command.rstrip().endswith("exit 1")
+    assert name == "25-app-healthy" and command.rstrip().endswith("exit 1")
     result = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=30)
     assert result.returncode == 0, result.stderr

@@ -1,0 +1,108 @@
+"""The boot rehearsal's own parts, on the synthesized templates (no containers here: `make
+rehearse` boots them, and `make test` runs it). Plus the boot findings of issue 8 that a
+template can show: each of these failed before its fix."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from app_tier import render
+from rehearsal import template as tpl
+from rehearsal.packages import PACKAGES, debian_packages
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _servers(synthesized_templates, name):
+    return {s.kind: s for s in tpl.servers(synthesized_templates[name], f"staged-web-{name}")}
+
+
+@pytest.mark.parametrize("name, kinds", [
+    ("dev", {"stage-1 server"}),
+    ("stage2ec2", {"stage-2 app server", "database server"}),
+    ("staging", {"stage-3 group member", "database server"}),
+    ("prod", {"stage-4 group member"}),
+])
+def test_every_kind_of_server_is_found_in_the_template(synthesized_templates, name, kinds):
+    servers = _servers(synthesized_templates, name)
+    assert set(servers) == kinds
+    for server in servers.values():
+        assert server.signal_timeout_sec == 20 * 60
+        if server.is_app_server:
+            assert (server.service_port, server.health_path) == (80, "/health")
+
+
+def test_every_amazon_linux_package_has_a_debian_mapping_with_a_reason(synthesized_templates):
+    asked = set()
+    for template in synthesized_templates.values():
+        for resource in template["Resources"].values():
+            init = resource.get("Metadata", {}).get("AWS::CloudFormation::Init", {})
+            for name, config in init.items():
+                if name != "configSets":
+                    asked |= set(config.get("packages", {}).get("yum", {}))
+    assert asked <= set(PACKAGES), f"no rehearsal mapping for {sorted(asked - set(PACKAGES))}"
+    assert all(entry["reason"] for entry in PACKAGES.values())
+
+
+def test_the_rehearsal_root_installs_every_mapped_debian_package():
+    script = (ROOT / "scripts" / "rehearsal-root.sh").read_text()
+    listed = set(re.search(r"PACKAGES=\(\n(.*?)\n\)", script, re.S).group(1).split())
+    assert debian_packages() <= listed
+
+
+def test_resolver_handles_what_servers_receive_and_names_what_it_cannot():
+    template = {"Resources": {"Db": {"Type": "AWS::EC2::Instance"}, "Lg": {"Type": "AWS::Logs::LogGroup"}}}
+    resolver = tpl.Resolver(template, {"AWS::Region": "ap-northeast-2",
+                                       "AWS::StackId": "arn:aws:cloudformation:r:1:stack/s/6f1c3a2e-0b7d-11f0"},
+                            {("Db", "PrivateIp"): "10.213.0.5"})
+    value = {"Fn::Join": ["", ["host=", {"Fn::GetAtt": ["Db", "PrivateIp"]}, " ",
+                               {"Fn::Sub": "${AWS::Region}/${!Literal}"}, " ",
+                               {"Fn::Select": [0, {"Fn::Split": ["-", {"Fn::Select": [2, {"Fn::Split": [
+                                   "/", {"Ref": "AWS::StackId"}]}]}]}]}]]}
+    assert resolver.resolve(value) == "host=10.213.0.5 ap-northeast-2/${Literal} 6f1c3a2e"
+    with pytest.raises(tpl.UnresolvedError, match="Ref Lg"):
+        resolver.resolve({"Ref": "Lg"})
+    with pytest.raises(tpl.UnresolvedError, match="Fn::If"):
+        resolver.resolve({"Fn::If": ["C", "a", "b"]})
+
+
+# --- issue 8, finding 1: the app unit's log directory ----------------------------------------
+
+
+@pytest.mark.parametrize("stage", [1, 2, 3, 4])
+def test_app_units_append_only_to_a_directory_made_before_they_start(stage):
+    layout = render.ServerLayout(stage=stage, processes=2)
+    boot = render.app_server_bootstrap(layout, render.DatabaseEndpoint(host="10.0.0.5", secret_arn="arn:x:y:z:1:s"))
+    tmpfiles = "".join(f.content for path, f in boot.files.items() if path.startswith("/etc/tmpfiles.d/"))
+    made = {line.split()[1] for line in tmpfiles.splitlines() if line.startswith("d ")}
+    for path, unit in boot.files.items():
+        if not path.endswith(".service") or "ExecStart=" not in unit.content:
+            continue
+        # systemd opens the output file before it creates LogsDirectory=: 209/STDOUT (systemd 252).
+        assert "LogsDirectory=" not in unit.content
+        for target in re.findall(r"^StandardOutput=append:(\S+)$", unit.content, re.M):
+            assert str(Path(target).parent) in made, f"{path} appends to {target}, whose directory nothing makes"
+    names = [name for name, _ in boot.commands]
+    assert names.index("21-app-log-dir") < names.index("24-app-start")
+
+
+# --- issue 8, finding 4: cfn-hup's unit ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["dev", "stage2ec2", "staging"])
+def test_single_servers_get_their_own_cfn_hup_unit(synthesized_templates, name):
+    for resource in synthesized_templates[name]["Resources"].values():
+        init = resource.get("Metadata", {}).get("AWS::CloudFormation::Init")
+        if resource["Type"] != "AWS::EC2::Instance" or not init:
+            continue
+        updates = init["updates"]
+        unit = updates["files"]["/etc/systemd/system/cfn-hup.service"]["content"]
+        assert "ExecStart=/opt/aws/bin/cfn-hup" in unit and "WantedBy=multi-user.target" in unit
+        command = json.dumps(updates["commands"])
+        # Enabled and started, never restarted: the hook's own cfn-init run would be killed with it.
+        assert "daemon-reload" in command and "enable --now cfn-hup.service" in command
+        assert "restart" not in command
