@@ -208,3 +208,37 @@ mkdir -p /var/lib/cloud/instance/scripts /var/lib/rehearsal-cfn /opt/rehearsal/w
                 return None
             time.sleep(0.5)
         return None
+
+
+def clean_leftovers(state_dir: Path) -> list[str]:
+    """Whatever an interrupted rehearsal left: its containers, namespaces, mounts, loop devices.
+
+    Only what carries the rehearsal's own names is touched (machines under state_dir, netns rh-*,
+    veths rhh*, the bridge)."""
+    removed = []
+    for line in sh("pgrep", "-af", "systemd-nspawn", check=False).stdout.splitlines():
+        pid, _, command = line.partition(" ")
+        if f"-D {state_dir}/" in command:
+            subprocess.run(["kill", pid], check=False)
+            removed.append(f"container {command.split('--machine=')[1].split()[0]}")
+    time.sleep(1 if removed else 0)
+    for netns in sh("ip", "netns", "list", check=False).stdout.split("\n"):
+        name = netns.split(" ")[0]
+        if name.startswith("rh-"):
+            sh("ip", "netns", "del", name, check=False)
+            removed.append(f"netns {name}")
+    for link in json.loads(sh("ip", "-j", "link", check=False).stdout or "[]"):
+        if link["ifname"].startswith("rhh"):
+            sh("ip", "link", "del", link["ifname"], check=False)
+    if state_dir.exists():
+        for merged in state_dir.glob("*/merged"):
+            if os.path.ismount(merged):
+                sh("umount", "-l", str(merged), check=False)
+                removed.append(f"mount {merged.parent.name}")
+        for line in sh("losetup", "-a", check=False).stdout.splitlines():
+            if str(state_dir) in line:
+                sh("losetup", "-d", line.split(":")[0], check=False)
+                removed.append(f"loop {line.split(':')[0]}")
+        shutil.rmtree(state_dir, ignore_errors=True)
+    bridge_down()
+    return removed

@@ -8,6 +8,7 @@ crash, reboot, in-place update and a broken app. See README "The boot rehearsal"
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import secrets
@@ -122,10 +123,17 @@ class Environment:
         self.attributes: dict[tuple[str, str], str] = {}
         self.secret_values: dict[str, dict] = {}
 
+    # Each server of an environment has a fixed slot, so its address is known before it exists
+    # (the broken app's metadata names the database's address before the database boots).
+    SLOTS = {"db": 0, "rds": 0, "app": 1, "broken": 2}
+
+    def address(self, label: str) -> str:
+        return str(ct.SUBNET.network_address + 10 + self.next_index + self.SLOTS[label])
+
     def container(self, label: str, **kwargs) -> ct.Container:
-        c = ct.Container(f"{self.name}-{label}", root=self.root, state_dir=STATE / "run", index=self.next_index,
-                         **kwargs)
-        self.next_index += 1
+        c = ct.Container(f"{self.name}-{label}", root=self.root, state_dir=STATE / "run",
+                         index=self.next_index + self.SLOTS[label], **kwargs)
+        assert c.address == self.address(label)
         self.containers.append(c)
         c.create(self.wheelhouse)
         return c
@@ -337,9 +345,24 @@ def reboot(c: ct.Container, server: tpl.Server, result: Result, *, check_url: st
 # --- the rehearsal ------------------------------------------------------------------------------
 
 
-def rehearse_environment(env: Environment, config, workdir: Path) -> list[Result]:
-    results: list[Result] = []
+def start_environment(env: Environment, config, workdir: Path):
+    """What CloudFormation would resolve, and the broken app's boot, which runs alongside the rest."""
     env.prepare_aws()
+    app_server = next(s for s in env.servers if s.is_app_server)
+    for server in env.servers:
+        if server.kind == "database server":
+            env.attributes[(server.logical_id, "PrivateIp")] = env.address("db")
+    for lid, resource in env.template["Resources"].items():
+        if resource["Type"] == "AWS::RDS::DBInstance":
+            env.attributes[(lid, "Endpoint.Address")] = env.address("rds")
+            env.attributes[(lid, "Endpoint.Port")] = str(resource["Properties"].get("Port", 5432))
+    # The broken app boots in its own container: its signal must be FAILURE.
+    broken_result = Result(env.name, f"{app_server.kind} (broken app)", standins=["as above"])
+    return broken_result, start_broken(env, config, app_server, workdir, broken_result)
+
+
+def rehearse_environment(env: Environment, config, workdir: Path, broken_result: Result, broken) -> list[Result]:
+    results: list[Result] = []
     db_servers = [s for s in env.servers if s.kind == "database server"]
     app_server = next(s for s in env.servers if s.is_app_server)
     rds = [lid for lid, r in env.template["Resources"].items() if r["Type"] == "AWS::RDS::DBInstance"]
@@ -354,7 +377,6 @@ def rehearse_environment(env: Environment, config, workdir: Path) -> list[Result
         volume = next(lid for lid, r in env.template["Resources"].items() if r["Type"] == "AWS::EC2::Volume")
         env.create_volume(volume)
         db_container = env.container("db", data_volume_mib=300)
-        env.attributes[(server.logical_id, "PrivateIp")] = db_container.address
         env.stage_server(db_container, server, env.assembly, env.template)
         if boot_and_signal(db_container, server, db_result) and not db_result.failures:
             checks = db_container.run("systemctl is-active postgresql.service; findmnt -n -o SOURCE /var/lib/pgsql",
@@ -366,16 +388,10 @@ def rehearse_environment(env: Environment, config, workdir: Path) -> list[Result
     elif rds:
         instance = env.template["Resources"][rds[0]]["Properties"]
         db_container = env.container("rds")
-        env.attributes[(rds[0], "Endpoint.Address")] = db_container.address
-        env.attributes[(rds[0], "Endpoint.Port")] = str(instance.get("Port", 5432))
         secret_lid = next(lid for lid, r in env.template["Resources"].items()
                           if r["Type"] == "AWS::SecretsManager::Secret")
         start_rds_standin(db_container, env.secret_values[secret_lid], instance.get("DBName", "app"),
                           int(instance.get("Port", 5432)))
-
-    # The broken app boots alongside, in its own container: its signal must be FAILURE.
-    broken_result = Result(env.name, f"{app_server.kind} (broken app)", standins=["as above"])
-    broken = start_broken(env, config, app_server, workdir, broken_result)
 
     result = Result(env.name, app_server.kind, standins=[
         "cloud-init", "cfn-init/cfn-hup", "S3 asset", "PyPI wheelhouse", "aws->emulator", "CW agent"]
@@ -530,6 +546,16 @@ def main(env_names: list[str] | None) -> int:
         say(f"rehearsal: unknown environment(s) {unknown}; allowed: {sorted(configs)}")
         return 2
     STATE.mkdir(parents=True, exist_ok=True)
+    # One rehearsal at a time on a machine: they share the bridge, its addresses and the names.
+    lock = open("/run/staged-web-rehearsal.lock", "w")  # noqa: SIM115 - held for the whole run
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        say("rehearsal: another rehearsal is running on this machine; waiting for it")
+        fcntl.flock(lock, fcntl.LOCK_EX)
+    left = ct.clean_leftovers(STATE / "run")
+    if left:
+        say(f"rehearsal: removed what an interrupted run left: {', '.join(left)}")
     started = time.monotonic()
     root = rehearsal_root()
     wheels = wheelhouse()
@@ -540,16 +566,17 @@ def main(env_names: list[str] | None) -> int:
     ct.bridge_up()
     emulator = Emulator()
     results: list[Result] = []
+    environments = [Environment(name, configs[name].stack_name, configs[name].region, assembly, emulator, root,
+                                wheels, first_index=10 * i) for i, name in enumerate(names)]
     try:
-        for i, name in enumerate(names):
-            config = configs[name]
-            env = Environment(name, config.stack_name, config.region, assembly, emulator, root, wheels,
-                              first_index=10 * i)
+        # The broken apps wait out their health gate (minutes) in parallel with everything else.
+        pending = {env.name: start_environment(env, configs[env.name], workdir) for env in environments}
+        for env in environments:
             env_started = time.monotonic()
             try:
-                env_results = rehearse_environment(env, config, workdir)
+                env_results = rehearse_environment(env, configs[env.name], workdir, *pending[env.name])
             except Exception as error:  # noqa: BLE001 - one environment's crash is its failure, not the run's
-                failed = Result(name, "rehearsal")
+                failed = Result(env.name, "rehearsal")
                 failed.fail("rehearsal", repr(error))
                 env_results = [failed]
             finally:
@@ -557,12 +584,14 @@ def main(env_names: list[str] | None) -> int:
                     env.cleanup()
             for r in env_results:
                 say(r.line())
-            say(f"           ({name}: {time.monotonic() - env_started:.0f} s)")
+            say(f"           ({env.name}: {time.monotonic() - env_started:.0f} s)")
             results += env_results
     finally:
         if os.environ.get("REHEARSAL_KEEP"):
             say("REHEARSAL_KEEP: containers, emulator and bridge left running (for a look inside)")
         else:
+            for env in environments:
+                env.cleanup()
             emulator.stop()
             ct.bridge_down()
     booted = sum(1 for r in results if r.boot_to_signal_sec is not None)
