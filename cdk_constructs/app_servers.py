@@ -17,7 +17,7 @@ from cdk_constructs.server import (
     acknowledge_bootstrap_grants,
     allow_ssh_from_admins,
     group_root_volume,
-    lint_image_resolved_at_launch,
+    image_in_launch_template,
     root_volume,
 )
 
@@ -46,7 +46,7 @@ class AppServer(Construct):
             # signal (and to fetch packages) at first boot it needs a public address already.
             associate_public_ip_address=True,
         )
-        lint_image_resolved_at_launch(self.instance)
+        image_in_launch_template(self.instance)
         if not protect:
             acknowledge(self.instance, "AwsSolutions-EC29",
                         "Non-production environments are torn down with cdk destroy; termination protection is "

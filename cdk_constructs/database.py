@@ -25,7 +25,7 @@ from cdk_constructs.server import (
     BOOT_SIGNAL_TIMEOUT,
     KeyPairChoice,
     ServerRole,
-    lint_image_resolved_at_launch,
+    image_in_launch_template,
     root_volume,
 )
 
@@ -129,7 +129,7 @@ class Database(Construct):
             block_devices=[root_volume(16)], detailed_monitoring=True, disable_api_termination=protect,
             key_pair=key_pair.key_pair if key_pair else None,
         )
-        lint_image_resolved_at_launch(self.server)
+        image_in_launch_template(self.server)
         # cfn-init, cfn-signal, the CloudWatch agent and the package mirrors all speak HTTPS. The
         # isolated subnet has no route to the internet, so 443 out reaches only the VPC's interface
         # endpoints and the S3 gateway endpoint. The gateway's prefix list ID would need a lookup

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from aws_cdk import Duration, Stack
+import jsii
+from aws_cdk import AspectPriority, Aspects, Duration, IAspect, Stack
 from aws_cdk import aws_autoscaling as autoscaling
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_iam as iam
-from constructs import Construct
+from constructs import Construct, IConstruct
 
 from cdk_constructs.nag import acknowledge
 
@@ -57,11 +58,11 @@ def machine_image(ami: str | dict[str, str], architecture: str, *, pin_in_contex
 def launch_time_image(ami: str | dict[str, str], architecture: str) -> ec2.IMachineImage:
     """The AMI of a server that holds data (stage 1's server, the EC2 database server).
 
-    For "al2023" the template names the public SSM parameter as `resolve:ssm:...` and EC2
-    resolves it when it launches the instance: the template's ImageId is a constant, so a new
-    Amazon Linux release never makes CloudFormation replace the server (and its data). Moving
-    such a server to a new AMI is deliberate (README: Keeping the data). Explicit IDs per region
-    are used as they are.
+    For "al2023" the image is the public SSM parameter named as `resolve:ssm:...`, which EC2
+    resolves when it launches the instance; `image_in_launch_template` puts that constant
+    string in the instance's launch template, so a new Amazon Linux release never makes
+    CloudFormation replace the server (and its data). Moving such a server to a new AMI is
+    deliberate (README: Keeping the data). Explicit IDs per region are used as they are.
     """
     if isinstance(ami, dict):
         return ec2.MachineImage.generic_linux(ami)
@@ -70,17 +71,42 @@ def launch_time_image(ami: str | dict[str, str], architecture: str) -> ec2.IMach
         f"{AL2023_PARAMETER_PREFIX}{arch}", os=ec2.OperatingSystemType.LINUX)
 
 
-def lint_image_resolved_at_launch(instance: ec2.Instance) -> None:
-    """cfn-lint's E1152 (and CDK's built-in CloudFormation validation, its port) accepts
-    `resolve:ssm:` as the ImageId of a launch template only, though EC2's RunInstances, which
-    CloudFormation calls for AWS::EC2::Instance, takes it too: ignore that one rule on this one
-    instance, and only when its image is resolved at launch."""
+@jsii.implements(IAspect)
+class _ImageIdIntoLaunchTemplate:
+    """Moves a `resolve:ssm:` ImageId from an instance to the launch template CDK made for it.
+
+    The template (construct id "LaunchTemplate", the instance's IMDSv2 settings) is created by
+    ec2.Instance's own aspect at synthesis; this one runs after it (a later priority)."""
+
+    def __init__(self, instance: ec2.Instance, image_id: str) -> None:
+        self._path = instance.node.path
+        self._image_id = image_id
+
+    def visit(self, node: IConstruct) -> None:
+        if node.node.path != self._path:
+            return
+        template = node.node.try_find_child("LaunchTemplate")
+        if not isinstance(template, ec2.CfnLaunchTemplate):
+            raise ValueError(f"{self._path}: no launch template to take the image {self._image_id} "
+                             "(the instance must be built with require_imdsv2=True)")
+        template.add_property_override("LaunchTemplateData.ImageId", self._image_id)
+
+
+def image_in_launch_template(instance: ec2.Instance) -> None:
+    """A server whose image EC2 resolves at launch names it in its launch template, not on itself.
+
+    `resolve:ssm:<parameter>` is documented (and accepted by cfn-lint and CDK's validation) as the
+    ImageId of a launch template, not of an AWS::EC2::Instance. The instance is left without an
+    ImageId, so EC2 takes the template's; the template's data, hence its version and the
+    instance's LaunchTemplate reference, stays constant across AMI releases. Images given as
+    IDs stay on the instance. The machine image still sets the user data's OS type.
+    """
     image = instance.instance.image_id
-    if isinstance(image, str) and image.startswith("resolve:ssm:"):
-        instance.instance.add_metadata("cfn-lint", {"config": {"ignore_checks": ["E1152"]}})
-        acknowledge(instance.instance, "CloudFormation-Validate::E1152",
-                    "ImageId resolve:ssm:<public AMI parameter> is resolved by EC2 at launch, which "
-                    "AWS::EC2::Instance supports; the rule knows it only for launch templates.")
+    if not (isinstance(image, str) and image.startswith("resolve:ssm:")):
+        return
+    instance.instance.add_property_deletion_override("ImageId")
+    # ec2.Instance's IMDSv2 aspect creates the template with a mutating priority; DEFAULT runs after it.
+    Aspects.of(instance).add(_ImageIdIntoLaunchTemplate(instance, image), priority=AspectPriority.DEFAULT)
 
 
 def root_volume(size_gib: int) -> ec2.BlockDevice:

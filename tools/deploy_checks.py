@@ -337,16 +337,19 @@ class StackVerifier:
 
     # -- servers --------------------------------------------------------------------------
 
-    def expected_ami(self, resource: Resource | None = None) -> str:
+    def expected_ami(self, resource: Resource | None = None, launch_template: dict | None = None) -> str:
         """The AMI the config asks for, resolved through the API (SSM public parameter or explicit ID).
 
-        `resource`: a single instance whose template ImageId is `resolve:ssm:NAME` (a server that
-        holds data takes its image when EC2 launches it): the parameter's current value."""
+        `resource`: a single instance, with `launch_template` the data of its launch template as
+        the API reports it. A server that holds data names no ImageId itself; its launch template
+        names `resolve:ssm:NAME` and EC2 launches the parameter's current value."""
         ami = self.cfg.servers.ami
         if isinstance(ami, dict):
             return ami.get(self.cfg.region, "")
-        image = ((self.template.get("Resources") or {}).get(resource.logical_id, {}).get("Properties") or {}).get(
-            "ImageId") if resource else None
+        image = None
+        if resource:
+            properties = (self.template.get("Resources") or {}).get(resource.logical_id, {}).get("Properties") or {}
+            image = properties.get("ImageId") or (launch_template or {}).get("ImageId")
         if isinstance(image, str) and image.startswith("resolve:ssm:"):
             return self.ssm.get_parameter(Name=image.removeprefix("resolve:ssm:"))["Parameter"]["Value"]
         # "al2023": the stack resolves the AMI from an SSM public parameter at deploy time.
@@ -357,7 +360,7 @@ class StackVerifier:
 
     def _check_instances(self, label: str, instances: list[dict], instance_type: str,
                          launch_template: dict | None, resource: Resource | None = None) -> None:
-        ami = self.expected_ami(resource)
+        ami = self.expected_ami(resource, launch_template)
         wrong = [f"{i['InstanceId']}: {i['InstanceType']} {i['ImageId']} {i['State']['Name']}" for i in instances
                  if i["InstanceType"] != instance_type or i["ImageId"] != ami
                  or i["State"]["Name"] not in ("pending", "running")]

@@ -106,24 +106,46 @@ def _missing_get_att_attributes() -> None:
 
 
 def _image_id_resolves_ssm_parameters_at_launch() -> None:
-    """RunInstances takes `resolve:ssm:NAME` as its ImageId and EC2 launches the AMI that the
-    parameter holds (the servers that hold data name their image that way); moto 5.2.5 kept
-    the string itself as the instance's ImageId. Resolve it through moto's own SSM backend
-    (which carries the public /aws/service/ami-amazon-linux-latest parameters), as EC2 does."""
-    from moto.ec2.models.instances import InstanceBackend
+    """EC2 launches an instance from the image its launch template names when the instance
+    names none, and `resolve:ssm:NAME` as an ImageId (the launch templates of the servers that
+    hold data name their image that way) launches the AMI that the parameter holds. moto 5.2.5
+    did neither: AWS::EC2::Instance read Properties["ImageId"] (KeyError, CreateStack failed)
+    and never looked at its LaunchTemplate, and RunInstances kept a `resolve:ssm:` string as
+    the instance's ImageId. Take the image from the launch template version the instance
+    names, and resolve `resolve:ssm:` through moto's own SSM backend (which carries the public
+    /aws/service/ami-amazon-linux-latest parameters), as EC2 does."""
+    from moto.ec2.models import ec2_backends
+    from moto.ec2.models.instances import Instance, InstanceBackend
     from moto.ssm.models import ssm_backends
 
-    original = InstanceBackend.run_instances
+    original_run = InstanceBackend.run_instances
 
     def run_instances(self, image_id: str, *args: Any, **kwargs: Any):
+        if not image_id and kwargs.get("launch_template"):
+            image_id = self._get_template_from_args(kwargs["launch_template"]).image_id
         if isinstance(image_id, str) and image_id.startswith("resolve:ssm:"):
             name = image_id.removeprefix("resolve:ssm:")
             parameter = ssm_backends[self.account_id][self.region_name].get_parameter(name)
             if parameter is not None:
                 image_id = parameter.value
-        return original(self, image_id, *args, **kwargs)
+        return original_run(self, image_id, *args, **kwargs)
 
     InstanceBackend.run_instances = run_instances
+
+    original_create = Instance.create_from_cloudformation_json.__func__
+
+    def create_from_cloudformation_json(cls, resource_name: str, cloudformation_json: Any, account_id: str,
+                                        region_name: str, **kwargs: Any):
+        properties = cloudformation_json.get("Properties") or {}
+        spec = properties.get("LaunchTemplate")
+        if not properties.get("ImageId") and spec:
+            template = {k: spec[k] for k in ("LaunchTemplateId", "LaunchTemplateName", "Version") if spec.get(k)}
+            image_id = ec2_backends[account_id][region_name]._get_template_from_args(template).image_id
+            # run_instances (above) resolves a `resolve:ssm:` image, as EC2 does at launch.
+            cloudformation_json = {**cloudformation_json, "Properties": {**properties, "ImageId": image_id}}
+        return original_create(cls, resource_name, cloudformation_json, account_id, region_name, **kwargs)
+
+    Instance.create_from_cloudformation_json = classmethod(create_from_cloudformation_json)
 
 
 def main(argv: list[str] | None = None) -> None:
