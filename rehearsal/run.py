@@ -27,7 +27,7 @@ import boto3
 
 from app_tier.loadgen import Load
 from rehearsal import container as ct
-from rehearsal import synth
+from rehearsal import firewall, synth
 from rehearsal import template as tpl
 from rehearsal.packages import PACKAGES
 
@@ -36,6 +36,7 @@ STATE = REPO / ".local" / "rehearsal"
 ACCOUNT = "123456789012"
 CFN_HUP_POLL_SECONDS = 2
 LOAD_SECONDS = 5
+SIGNAL_WAIT_SEC = 300
 STANDINS_USED = [
     "cloud-init (runs the user data once)", "cfn-init/cfn-signal/cfn-hup (template metadata, signal recorded)",
     "S3 (CDK asset from cdk.out)", "PyPI (local wheelhouse)", "aws CLI -> emulator", "ec2-metadata",
@@ -79,7 +80,9 @@ class Emulator:
     """moto on the rehearsal bridge: the servers' AWS calls (Secrets Manager, EC2) go here."""
 
     def __init__(self) -> None:
-        self.port = 4510 + os.getpid() % 400
+        # AWS's endpoints answer HTTPS on 443; the emulator listens there, so the servers' security
+        # groups decide whether they reach it, as in the VPC.
+        self.port = 443
         self.url = f"http://{ct.HOST_ADDRESS}:{self.port}"
         log = (STATE / "emulator.log").open("w")
         self.process = subprocess.Popen([sys.executable, "-m", "tools.patched_moto", "-H", ct.HOST_ADDRESS,
@@ -138,6 +141,25 @@ class Environment:
         c.create(self.wheelhouse)
         return c
 
+    def member_addresses(self) -> dict[str, list[str]]:
+        """Which rehearsal addresses belong to each security group (the host plays the load balancer)."""
+        members: dict[str, list[str]] = {g: [ct.HOST_ADDRESS] for g in firewall.load_balancer_groups(self.template)}
+        for server in self.servers:
+            labels = ["app", "broken"] if server.is_app_server else ["db"]
+            for group in firewall.groups_of(self.template, server.logical_id):
+                members.setdefault(group, []).extend(self.address(label) for label in labels)
+        for lid, resource in self.template["Resources"].items():
+            if resource["Type"] == "AWS::RDS::DBInstance":
+                for group in firewall.groups_of(self.template, lid):
+                    members.setdefault(group, []).append(self.address("rds"))
+        return members
+
+    def enforce_security_groups(self, c: ct.Container, logical_id: str) -> None:
+        rules = firewall.group_rules(self.template, str(ct.SUBNET))
+        ruleset = firewall.ruleset(firewall.groups_of(self.template, logical_id), rules, self.member_addresses())
+        (c.dir / "security-groups.nft").write_text(ruleset)
+        ct.sh("ip", "netns", "exec", c.netns, "nft", "-f", str(c.dir / "security-groups.nft"))
+
     def cleanup(self) -> None:
         for c in self.containers:
             c.destroy()
@@ -195,6 +217,7 @@ class Environment:
                                      Placement={"AvailabilityZone": f"{self.region}a"})["Instances"][0]
         (c.cfn / "instance-id").write_text(instance["InstanceId"])
         c.prepare_image(user_data=tpl.user_data_script(resolver, server), hostname=c.name)
+        self.enforce_security_groups(c, server.logical_id)
 
     def create_volume(self, lid: str) -> None:
         ec2 = self.emulator.client("ec2", self.region)
@@ -257,12 +280,16 @@ def check_hardening(c: ct.Container, unit: str) -> str | None:
 def boot_and_signal(c: ct.Container, server: tpl.Server, result: Result, *, expect: str = "SUCCESS",
                     limit_sec: float | None = None) -> dict | None:
     started = c.boot()
-    signal = c.wait_for_signal(limit_sec or server.signal_timeout_sec)
+    # A healthy boot signals in seconds and a broken app within its health gate (about 2 minutes):
+    # past SIGNAL_WAIT_SEC the stack would only wait out its timeout and roll back.
+    limit_sec = limit_sec or min(server.signal_timeout_sec, SIGNAL_WAIT_SEC)
+    signal = c.wait_for_signal(limit_sec)
     if signal:
         result.boot_to_signal_sec = signal["time"] - started
     if not signal or signal["status"] != expect:
         what = f"signal {signal['status']} (expected {expect})" if signal else \
-            f"no signal within {limit_sec or server.signal_timeout_sec} s"
+            f"no signal within {limit_sec} s (CloudFormation would wait {server.signal_timeout_sec // 60} min, " \
+            "then roll back)"
         result.fail("boot", f"{what}\n{diagnose(c)}")
     return signal
 
@@ -388,6 +415,7 @@ def rehearse_environment(env: Environment, config, workdir: Path, broken_result:
     elif rds:
         instance = env.template["Resources"][rds[0]]["Properties"]
         db_container = env.container("rds")
+        env.enforce_security_groups(db_container, rds[0])
         secret_lid = next(lid for lid, r in env.template["Resources"].items()
                           if r["Type"] == "AWS::SecretsManager::Secret")
         start_rds_standin(db_container, env.secret_values[secret_lid], instance.get("DBName", "app"),
