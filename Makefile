@@ -9,7 +9,7 @@ export PYTHONDONTWRITEBYTECODE := 1
 CDK := npx --no-install cdk
 ENV_CTX := $(if $(ENV),-c env=$(ENV),)
 
-.PHONY: help setup synth test rehearse lint diff deploy clean snapshot-update deploy-local local-down cost diagrams bench
+.PHONY: help setup synth test pytest rehearse lint diff deploy clean snapshot-update deploy-local local-down cost diagrams bench
 
 help:
 	@echo "make deploy-local [ENV=name]  deploy every environment (or one) to a local AWS emulator and verify it"
@@ -38,6 +38,10 @@ lint: setup
 # The rehearsal first (it needs root: containers), then every other test; pytest's summary closes the run.
 test: setup
 	$(PY) -m rehearsal
+	$(VENV)/bin/python -m pytest
+
+# pytest alone (no containers, no root): for a quick loop, or a CI runner that rehearses with sudo.
+pytest: setup
 	$(VENV)/bin/python -m pytest
 
 rehearse: setup

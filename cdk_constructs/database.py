@@ -164,7 +164,10 @@ class Database(Construct):
             f"for i in $(seq 60); do [ -e {DATA_DEVICE} ] && break; sleep 5; done; "
             f"[ -e {DATA_DEVICE} ] || {{ echo 'data volume {DATA_DEVICE} did not appear' >&2; exit 1; }}; "
             f"blkid {DATA_DEVICE} || mkfs.xfs {DATA_DEVICE}; mkdir -p {DATA_MOUNT}; "
-            f"grep -q '{DATA_MOUNT} ' /etc/fstab || echo '{DATA_DEVICE} {DATA_MOUNT} xfs defaults,nofail 0 2' >> /etc/fstab; "
+            # nofail: a missing volume must not stop the boot (and Session Manager with it). nofail also
+            # drops the mount's ordering before local-fs.target, so order PostgreSQL after it by name.
+            f"grep -q '{DATA_MOUNT} ' /etc/fstab || echo '{DATA_DEVICE} {DATA_MOUNT} xfs "
+            f"defaults,nofail,x-systemd.before=postgresql.service 0 2' >> /etc/fstab; "
             f"mountpoint -q {DATA_MOUNT} || mount {DATA_MOUNT}",
         )
         agent = server_logs.agent_init(mount_points=["/", DATA_MOUNT]) if server_logs else None

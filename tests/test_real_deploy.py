@@ -172,6 +172,8 @@ def test_data_volume_attach_fails_loudly(synthesized_templates, env):
     assert "|| true" not in text
     assert f"if [ ! -e {DATA_DEVICE} ]; then aws ec2 attach-volume" in text
     assert f"[ -e {DATA_DEVICE} ] || {{ echo 'data volume {DATA_DEVICE} did not appear' >&2; exit 1; }}" in text
+    # After a reboot PostgreSQL starts only once its data is mounted (nofail drops the usual ordering).
+    assert "nofail,x-systemd.before=postgresql.service" in text
 
 
 # -- 3. names that neither collide nor outlive a stack ---------------------------------------

@@ -106,3 +106,33 @@ def test_single_servers_get_their_own_cfn_hup_unit(synthesized_templates, name):
         # Enabled and started, never restarted: the hook's own cfn-init run would be killed with it.
         assert "daemon-reload" in command and "enable --now cfn-hup.service" in command
         assert "restart" not in command
+
+
+# --- the security groups the rehearsal enforces ------------------------------------------------
+
+
+def test_the_database_server_firewall_is_its_security_groups(synthesized_templates):
+    from rehearsal import firewall
+    template = synthesized_templates["staging"]
+    db = _servers(synthesized_templates, "staging")["database server"]
+    app = _servers(synthesized_templates, "staging")["stage-3 group member"]
+    members = {group: ["10.213.0.10"] for group in firewall.groups_of(template, db.logical_id)}
+    members.update({group: ["10.213.0.11"] for group in firewall.groups_of(template, app.logical_id)})
+    rules = firewall.group_rules(template, "10.213.0.0/24")
+    ruleset = firewall.ruleset(firewall.groups_of(template, db.logical_id), rules, members)
+    ingress, egress = ruleset.split("chain output")
+    # PostgreSQL from the app servers only; HTTPS out (the endpoints), nothing else.
+    assert "ip saddr { 10.213.0.11 } tcp dport 5432 accept" in ingress
+    assert ingress.count(" accept") == 3  # lo, established, the app servers
+    assert "tcp dport 443 accept" in egress and egress.count(" accept") == 3
+
+
+def test_a_group_without_egress_gets_a_firewall_that_lets_nothing_out():
+    from rehearsal import firewall
+    template = {"Resources": {"Sg": {"Type": "AWS::EC2::SecurityGroup", "Properties": {"SecurityGroupEgress": [
+        {"CidrIp": "255.255.255.255/32", "Description": "Disallow all traffic", "FromPort": 252,
+         "IpProtocol": "icmp", "ToPort": 86}]}}}}
+    ruleset = firewall.ruleset(["Sg"], firewall.group_rules(template, "10.213.0.0/24"), {})
+    egress = ruleset.split("chain output")[1]
+    assert "policy drop" in egress and "ip daddr 255.255.255.255/32 meta l4proto icmp accept" in egress
+    assert "tcp" not in egress
