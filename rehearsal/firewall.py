@@ -64,7 +64,13 @@ def groups_of(template: dict, logical_id: str) -> list[str]:
     props = res.get("Properties", {})
     values = (props.get("SecurityGroupIds") or props.get("LaunchTemplateData", {}).get("SecurityGroupIds")
               or props.get("VPCSecurityGroups") or props.get("SecurityGroups") or [])
-    return [g for g in (_group_of(v) for v in values) if g]
+    # An instance with a public address at launch names its groups on its network interface.
+    for interface in props.get("NetworkInterfaces", []):
+        values = [*values, *interface.get("GroupSet", [])]
+    groups = [g for g in (_group_of(v) for v in values) if g]
+    if not groups:
+        raise ValueError(f"{logical_id} has no security group that the rehearsal can find")
+    return groups
 
 
 def load_balancer_groups(template: dict) -> list[str]:

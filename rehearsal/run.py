@@ -192,14 +192,9 @@ class Environment:
             if res["Type"] == "AWS::SecretsManager::SecretTargetAttachment":
                 self.refs[lid] = self.refs[res["Properties"]["SecretId"]["Ref"]]
 
-    def resolver(self) -> tpl.Resolver:
-        return tpl.Resolver(self.template, self.refs, self.attributes)
-
-    def stage_server(self, c: ct.Container, server: tpl.Server, assembly: Path, template: dict) -> None:
-        """Write what CloudFormation and S3 would hand this server into its stand-in directory."""
-        resolver = tpl.Resolver(template, self.refs, self.attributes)
-        metadata = resolver.resolve(template["Resources"][server.init_resource].get("Metadata", {}))
-        (c.cfn / "metadata" / f"{server.init_resource}.json").write_text(json.dumps(metadata, indent=1))
+    def publish(self, c: ct.Container, server: tpl.Server, assembly: Path, template: dict) -> None:
+        """What CloudFormation and S3 hand this server: its assets first, then its resolved metadata
+        (cfn-hup acts on the metadata, which names the assets)."""
         for asset in assembly.glob("asset.*"):
             archive = c.cfn / "assets" / f"{asset.name.removeprefix('asset.')}.zip"
             if asset.is_dir() and not archive.exists():
@@ -207,6 +202,14 @@ class Environment:
                     for path in sorted(asset.rglob("*")):
                         if path.is_file():
                             z.write(path, path.relative_to(asset))
+        resolver = tpl.Resolver(template, self.refs, self.attributes)
+        metadata = resolver.resolve(template["Resources"][server.init_resource].get("Metadata", {}))
+        (c.cfn / "metadata" / f"{server.init_resource}.json").write_text(json.dumps(metadata, indent=1))
+
+    def stage_server(self, c: ct.Container, server: tpl.Server, assembly: Path, template: dict) -> None:
+        """Everything a new server is handed: metadata and assets, its user data, its identity."""
+        self.publish(c, server, assembly, template)
+        resolver = tpl.Resolver(template, self.refs, self.attributes)
         (c.cfn / "packages.json").write_text(json.dumps(PACKAGES))
         (c.cfn / "endpoint").write_text(self.emulator.url)
         (c.cfn / "local-ipv4").write_text(c.address)
@@ -514,17 +517,8 @@ def in_place_update(env: Environment, config, c: ct.Container, server: tpl.Serve
                                 app_source=synth.changed_app(workdir, release=release))
     template = tpl.load(assembly, env.stack)
     before = visits(c, server)
-    resolver = tpl.Resolver(template, env.refs, env.attributes)
-    metadata = resolver.resolve(template["Resources"][server.init_resource].get("Metadata", {}))
-    for asset in assembly.glob("asset.*"):
-        archive = c.cfn / "assets" / f"{asset.name.removeprefix('asset.')}.zip"
-        if asset.is_dir() and not archive.exists():
-            with zipfile.ZipFile(archive, "w") as z:
-                for path in sorted(asset.rglob("*")):
-                    if path.is_file():
-                        z.write(path, path.relative_to(asset))
     started = time.monotonic()
-    (c.cfn / "metadata" / f"{server.init_resource}.json").write_text(json.dumps(metadata, indent=1))
+    env.publish(c, server, assembly, template)
     base = f"http://{c.address}:{server.service_port}/"
     deadline = time.monotonic() + 180
     body: dict = {}

@@ -136,3 +136,12 @@ def test_a_group_without_egress_gets_a_firewall_that_lets_nothing_out():
     egress = ruleset.split("chain output")[1]
     assert "policy drop" in egress and "ip daddr 255.255.255.255/32 meta l4proto icmp accept" in egress
     assert "tcp" not in egress
+
+
+@pytest.mark.parametrize("name", ["dev", "stage2ec2", "staging", "prod"])
+def test_every_server_has_security_groups_the_rehearsal_enforces(synthesized_templates, name):
+    from rehearsal import firewall
+    template = synthesized_templates[name]
+    for server in _servers(synthesized_templates, name).values():
+        groups = firewall.groups_of(template, server.logical_id)
+        assert groups and all(template["Resources"][g]["Type"] == "AWS::EC2::SecurityGroup" for g in groups)
