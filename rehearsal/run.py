@@ -305,7 +305,8 @@ def diagnose(c: ct.Container) -> str:
                 "systemctl --failed --no-legend --plain; "
                 "for u in $(systemctl list-units --all --plain --no-legend 'app*.service' 'nginx.service' "
                 "'postgresql.service' 'webapp-*.service' | awk '{print $1}'); do "
-                "systemctl status $u --no-pager -n 3 2>/dev/null | grep -E 'Active:|status=|Failed' | head -n 3; done",
+                "systemctl status $u --no-pager -n 3 2>/dev/null | grep -E 'Active:|status=|Failed' | head -n 3 "
+                "| sed \"s|^ *|$u: |\"; done",
                 check=False).stdout
     return "\n".join("             " + line for line in out.strip().splitlines()[:20])
 
