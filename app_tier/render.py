@@ -37,7 +37,11 @@ SECRET_DIR = "/run/webapp"  # tmpfs: the password never reaches the disk or surv
 PASSWORD_FILE = f"{SECRET_DIR}/db-password"
 LIBEXEC_DIR = "/usr/local/libexec/webapp"
 LOG_DIR = "/var/log/webapp"  # the units append the app's output here; the CloudWatch agent ships it
-LOGROTATE_CONF = "/etc/logrotate.d/webapp"
+# cfn-init keeps a file it overwrites as <file>.bak, and logrotate reads every file in
+# /etc/logrotate.d: a webapp.bak there would name the logs twice and fail the daily rotation. The
+# config lives under /etc/webapp, linked from /etc/logrotate.d.
+LOGROTATE_CONF = "/etc/webapp/logrotate.conf"
+LOGROTATE_LINK = "/etc/logrotate.d/webapp"
 # systemd opens a unit's StandardOutput=append: file before it creates LogsDirectory=, so the log
 # directory must exist before the first start (and after every boot): tmpfiles.d makes it.
 LOG_DIR_TMPFILES = "/etc/tmpfiles.d/webapp.conf"
@@ -221,7 +225,7 @@ def app_server_commands(layout: ServerLayout) -> list[tuple[str, str]]:
     return [
         ("20-app-user", (f"id -u {user} >/dev/null 2>&1 || useradd --system --user-group"
                          f" --home-dir {root} --no-create-home --shell /sbin/nologin {user}")),
-        ("21-app-log-dir", f"systemd-tmpfiles --create {LOG_DIR_TMPFILES}"),
+        ("21-app-log-dir", f"systemd-tmpfiles --create {LOG_DIR_TMPFILES} && ln -sfn {LOGROTATE_CONF} {LOGROTATE_LINK}"),
         ("22-app-venv", f"test -x {root}/venv/bin/python || {PYTHON} -m venv {root}/venv"),
         ("23-app-requirements", (f"{root}/venv/bin/pip install --disable-pip-version-check --no-input"
                                  f" --quiet -r {root}/app/requirements.txt")),
@@ -306,7 +310,10 @@ def _app_unit(layout: ServerLayout, database: DatabaseEndpoint, *, bind: str) ->
 
 
 def _password_fetch_files(database: DatabaseEndpoint) -> dict[str, ServerFile]:
-    """A oneshot unit that puts the secret's password into a root-only tmpfs file at every boot."""
+    """A oneshot unit that puts the secret's password into a root-only tmpfs file at every boot.
+
+    It parses the secret with `python3`, the interpreter every Amazon Linux 2023 image has (dnf
+    needs it): the database server installs no python3.11."""
     if not database.secret_arn:
         return {}
     region = database.region or ""
@@ -324,7 +331,7 @@ trap 'rm -f "$tmp"' EXIT
 for attempt in $(seq 1 30); do
   if aws secretsmanager get-secret-value --region "$region" --secret-id "$secret_arn" \\
        --query SecretString --output text \\
-     | {PYTHON} -c 'import json, sys; sys.stdout.write(json.load(sys.stdin)["password"])' > "$tmp"; then
+     | python3 -c 'import json, sys; sys.stdout.write(json.load(sys.stdin)["password"])' > "$tmp"; then
     mv -f "$tmp" {PASSWORD_FILE}
     exit 0
   fi
@@ -495,6 +502,8 @@ def database_server_files(database: DatabaseEndpoint, allowed_cidr: str, *,
 # app role's password from the secret fetched at boot. Idempotent, so cfn-hup may run it again.
 set -euo pipefail
 data={PG_DATA_DIR}
+# The EC2 database server mounts a fresh, root-owned volume here: hand it to PostgreSQL first.
+install -d -o postgres -g postgres -m 0700 "$(dirname "$data")"
 [ -s "$data/PG_VERSION" ] || postgresql-setup --initdb
 include="include '{PG_CONF_DIR}/postgresql.conf'"
 grep -qxF "$include" "$data/postgresql.conf" || echo "$include" >> "$data/postgresql.conf"

@@ -165,9 +165,11 @@ class Database(Construct):
             f"[ -e {DATA_DEVICE} ] || {{ echo 'data volume {DATA_DEVICE} did not appear' >&2; exit 1; }}; "
             f"blkid {DATA_DEVICE} || mkfs.xfs {DATA_DEVICE}; mkdir -p {DATA_MOUNT}; "
             # nofail: a missing volume must not stop the boot (and Session Manager with it). nofail also
-            # drops the mount's ordering before local-fs.target, so order PostgreSQL after it by name.
+            # drops the mount's ordering before local-fs.target, so PostgreSQL requires it by name:
+            # after a reboot it starts on its data, or not at all.
             f"grep -q '{DATA_MOUNT} ' /etc/fstab || echo '{DATA_DEVICE} {DATA_MOUNT} xfs "
-            f"defaults,nofail,x-systemd.before=postgresql.service 0 2' >> /etc/fstab; "
+            f"defaults,nofail,x-systemd.before=postgresql.service,x-systemd.required-by=postgresql.service 0 2'"
+            f" >> /etc/fstab; "
             f"mountpoint -q {DATA_MOUNT} || mount {DATA_MOUNT}",
         )
         agent = server_logs.agent_init(mount_points=["/", DATA_MOUNT]) if server_logs else None

@@ -59,7 +59,8 @@ class Network(Construct):
             gateway_endpoints={"S3": ec2.GatewayVpcEndpointOptions(service=ec2.GatewayVpcEndpointAwsService.S3)},
         )
         # What a server in an isolated subnet must wait for before it boots (cfn-init and
-        # cfn-signal reach CloudFormation, Secrets Manager and EC2 only through these).
+        # cfn-signal reach CloudFormation, Secrets Manager and EC2 only through these, and dnf
+        # the package repositories only through the S3 gateway): `boot_endpoints`.
         self.interface_endpoints: list[ec2.InterfaceVpcEndpoint] = []
         if interface_endpoints:
             # One security group for all endpoints, open to the VPC's own range on HTTPS.
@@ -72,6 +73,11 @@ class Network(Construct):
                 self.interface_endpoints.append(self.vpc.add_interface_endpoint(
                     name, service=service, open=False, security_groups=[self.endpoint_security_group],
                     subnets=ec2.SubnetSelection(subnet_type=ec2.SubnetType.PRIVATE_ISOLATED, one_per_az=True)))
+
+    @property
+    def boot_endpoints(self) -> list[Construct]:
+        """The S3 gateway endpoint and the interface endpoints (where there are any)."""
+        return [self.vpc.node.find_child("S3"), *self.interface_endpoints]
 
     @property
     def app_subnets(self) -> ec2.SubnetSelection:

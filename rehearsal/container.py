@@ -15,6 +15,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from rehearsal.packages import HIDDEN_SUFFIX, PACKAGES
+
 STANDINS = Path(__file__).parent / "standins"
 BRIDGE = "rh-br0"
 SUBNET = ipaddress.ip_network("10.213.0.0/24")
@@ -47,6 +49,9 @@ def bridge_up() -> None:
         sh("ip", "link", "add", BRIDGE, "type", "bridge")
     if HOST_ADDRESS not in sh("ip", "-br", "addr", "show", BRIDGE).stdout:
         sh("ip", "addr", "add", f"{HOST_ADDRESS}/{SUBNET.prefixlen}", "dev", BRIDGE)
+    # Where br_netfilter is loaded (Docker), bridged traffic would pass the host's iptables FORWARD
+    # policy: keep the rehearsal's own bridge out of it (the security groups are enforced per server).
+    sh("ip", "link", "set", BRIDGE, "type", "bridge", "nf_call_iptables", "0", check=False)
     sh("ip", "link", "set", BRIDGE, "up")
 
 
@@ -122,9 +127,26 @@ mkdir -p /var/lib/cloud/instance/scripts /var/lib/rehearsal-cfn /opt/rehearsal/w
 """
         sh("chroot", str(self.merged), "/bin/bash", "-c", script)
         if user_data is not None:
+            self._hide_uninstalled_packages()
             part = self.merged / "var/lib/cloud/instance/scripts/part-001"
             part.write_text(user_data)
             part.chmod(0o700)
+
+    def _hide_uninstalled_packages(self) -> None:
+        """A fresh AL2023 instance has none of the table's packages: hide what each provides until
+        cfn-init installs it. Debian's python3 is a link to python3.11; make it a binary of its own,
+        so `python3` (AL2023's base interpreter) works while python3.11 is not installed."""
+        python3 = self.merged / "usr/bin/python3"
+        if python3.is_symlink():
+            target = python3.resolve()
+            python3.unlink()
+            shutil.copy2(target, python3)
+        for entry in PACKAGES.values():
+            for path in entry["provides"]:
+                visible = self.merged / path.lstrip("/")
+                if visible.exists() or visible.is_symlink():
+                    visible.rename(visible.with_name(visible.name + HIDDEN_SUFFIX))
+        (self.cfn / "hidden-suffix").write_text(HIDDEN_SUFFIX)
 
     # --- lifecycle -------------------------------------------------------------------------
 

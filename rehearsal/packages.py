@@ -1,28 +1,45 @@
 """Amazon Linux 2023 package names, as the servers' Init metadata asks for them, mapped to the
 Debian 12 packages the rehearsal root has. One table; every entry says why it maps as it does.
 
-An empty `debian` list means a stand-in from rehearsal/standins/ plays the package's part.
-scripts/rehearsal-root.sh installs every Debian package named here (a test checks).
+The root has every Debian package installed, but a server sees only what its metadata asks for:
+each entry's `provides` (its commands and units) stays hidden until cfn-init installs the
+package, as on a fresh Amazon Linux 2023 instance. BASE_IMAGE is what the standard AL2023 AMI has
+before anything is installed. An empty `debian` list means a stand-in from rehearsal/standins/
+plays the package's part. scripts/rehearsal-root.sh installs every Debian package named here (a
+test checks).
 """
 
 from __future__ import annotations
 
+HIDDEN_SUFFIX = ".rehearsal-not-installed"
+
 PACKAGES: dict[str, dict] = {
     "python3.11": {"debian": ["python3", "python3-venv"],
-                   "reason": "Debian 12's python3 is 3.11 (/usr/bin/python3.11); Debian ships venv separately"},
-    "python3.11-pip": {"debian": ["python3-pip"], "reason": "pip for Python 3.11"},
-    "logrotate": {"debian": ["logrotate"], "reason": "same package"},
+                   "provides": ["/usr/bin/python3.11"],
+                   "reason": "Debian 12's Python is 3.11; on AL2023 `python3` is 3.9 and python3.11 a package"},
+    "python3.11-pip": {"debian": ["python3-pip"], "provides": ["/usr/bin/pip3"], "reason": "pip for Python 3.11"},
+    "logrotate": {"debian": ["logrotate"], "provides": ["/usr/sbin/logrotate"], "reason": "same package"},
     "nginx": {"debian": ["nginx"],
-              "reason": "same program (1.22 on Debian, 1.2x on AL2023); the AL2023 package's nginx user and "
+              "provides": ["/usr/sbin/nginx", "/usr/lib/systemd/system/nginx.service"],
+              "reason": "same program (1.22 on Debian); the AL2023 package's nginx user and "
                         "/var/lib/nginx/tmp are recreated in the image"},
     "postgresql15-server": {"debian": ["postgresql-15"],
+                            "provides": ["/usr/lib/postgresql/15/bin/postgres", "/usr/lib/postgresql/15/bin/initdb",
+                                         "/usr/bin/psql", "/usr/bin/postgresql-setup",
+                                         "/usr/lib/systemd/system/postgresql.service"],
                             "reason": "the same PostgreSQL 15; AL2023's postgresql.service and postgresql-setup "
                                       "are stand-ins over Debian's binaries"},
-    "awscli-2": {"debian": ["awscli"],
-                 "reason": "Debian's AWS CLI v2 (2.9), wrapped to call the emulator with dummy keys"},
+    "awscli-2": {"debian": ["awscli"], "provides": [],
+                 "reason": "Debian's AWS CLI v2 (2.9), wrapped to call the emulator with dummy keys; "
+                           "on the standard AL2023 AMI already"},
     "amazon-cloudwatch-agent": {"debian": [],
+                                "provides": ["/opt/aws/amazon-cloudwatch-agent/bin/amazon-cloudwatch-agent-ctl"],
                                 "reason": "not in Debian and ships to AWS: a stand-in checks its config"},
 }
+
+# On the standard AL2023 AMI before cfn-init runs (and so usable by any server without asking).
+BASE_IMAGE = ["python3 (3.9 on AL2023, 3.11 here)", "awscli-2", "curl", "util-linux", "xfsprogs",
+              "aws-cfn-bootstrap", "amazon-ec2-utils", "systemd"]
 
 
 def debian_packages() -> set[str]:

@@ -36,7 +36,7 @@ STATE = REPO / ".local" / "rehearsal"
 ACCOUNT = "123456789012"
 CFN_HUP_POLL_SECONDS = 2
 LOAD_SECONDS = 5
-SIGNAL_WAIT_SEC = 300
+SIGNAL_WAIT_SEC = 420
 STANDINS_USED = [
     "cloud-init (runs the user data once)", "cfn-init/cfn-signal/cfn-hup (template metadata, signal recorded)",
     "S3 (CDK asset from cdk.out)", "PyPI (local wheelhouse)", "aws CLI -> emulator", "ec2-metadata",
@@ -498,16 +498,26 @@ def start_broken(env: Environment, config, server: tpl.Server, workdir: Path, re
 
     thread = threading.Thread(target=boot, daemon=True)
     thread.start()
-    return thread, holder, broken
+    return thread, holder, broken, c
 
 
 def finish_broken(broken, server: tpl.Server, result: Result) -> None:
-    thread, holder, broken_server = broken
-    thread.join(broken_server.signal_timeout_sec + 60)
+    thread, holder, broken_server, c = broken
+    thread.join(SIGNAL_WAIT_SEC + 60)
     signal = holder.get("signal")
-    if signal and signal["status"] == "FAILURE" and not result.failures:
-        result.ok(f"broken-app(FAILURE after {result.boot_to_signal_sec:.0f} s, "
-                  f"within the {broken_server.signal_timeout_sec // 60}-minute timeout: the stack rolls back)")
+    if result.failures:
+        return
+    if not signal:
+        result.fail("broken-app", "no signal at all")
+        return
+    # The failure must be the health gate's, not some other step's (a package, pip).
+    gate = c.run("grep -c 'app-healthy failed' /var/log/cfn-init.log", check=False).stdout.strip() \
+        if c.pid else "0"
+    if gate in ("", "0"):
+        result.fail("broken-app", "the signal was FAILURE, but not from the boot health gate:\n" + diagnose(c))
+        return
+    result.ok(f"broken-app(health gate FAILURE after {result.boot_to_signal_sec:.0f} s, "
+              f"within the {broken_server.signal_timeout_sec // 60}-minute timeout: the stack rolls back)")
 
 
 def in_place_update(env: Environment, config, c: ct.Container, server: tpl.Server, workdir: Path,
@@ -517,6 +527,12 @@ def in_place_update(env: Environment, config, c: ct.Container, server: tpl.Serve
     assembly = synth.synthesize([config], workdir / f"cdk.out.{env.name}.update",
                                 app_source=synth.changed_app(workdir, release=release))
     template = tpl.load(assembly, env.stack)
+    # An app change must reach a single server as new Init metadata and nothing else: anything
+    # more (user data, a launch template) would make CloudFormation stop or replace it, data and all.
+    changed = changed_resources(env.template, template, ignore_metadata_of=server.init_resource)
+    if changed:
+        result.fail("update", f"the app change also changes {changed}: a real deploy would not update in place")
+        return
     before = visits(c, server)
     started = time.monotonic()
     env.publish(c, server, assembly, template)
@@ -534,7 +550,23 @@ def in_place_update(env: Environment, config, c: ct.Container, server: tpl.Serve
     elif before is None or body.get("visits", 0) <= before:
         result.fail("update", f"visits {before} before, {body.get('visits')} after: data lost")
     else:
-        result.ok(f"update(cfn-hup served the new code in {time.monotonic() - started:.0f} s, data kept)")
+        # cfn-init kept every file it overwrote as .bak: the daily jobs must still read their config.
+        rotate = c.run("logrotate --debug /etc/logrotate.conf 2>&1", check=False)
+        errors = [line for line in rotate.stdout.splitlines() if line.startswith("error:")][:3]
+        if rotate.returncode != 0 or errors or "/var/log/webapp/" not in rotate.stdout:
+            result.fail("update", f"logrotate's config broke after the update: {errors or 'webapp logs not rotated'}")
+        else:
+            result.ok(f"update(cfn-hup served the new code in {time.monotonic() - started:.0f} s, data kept)")
+
+
+def changed_resources(before: dict, after: dict, *, ignore_metadata_of: str) -> list[str]:
+    """Logical IDs whose definition differs between two syntheses, besides one resource's metadata."""
+    def strip(template: dict) -> dict:
+        resources = json.loads(json.dumps(template["Resources"]))
+        resources.get(ignore_metadata_of, {}).pop("Metadata", None)
+        return resources
+    old, new = strip(before), strip(after)
+    return sorted(lid for lid in old.keys() | new.keys() if old.get(lid) != new.get(lid))
 
 
 def wheelhouse() -> Path:
@@ -619,7 +651,10 @@ def main(env_names: list[str] | None) -> int:
             ct.bridge_down()
     booted = sum(1 for r in results if r.boot_to_signal_sec is not None)
     failed = sum(1 for r in results if r.failures)
+    broken = sum(1 for r in results if r.kind.endswith("(broken app)"))
     say(f"stand-ins (not under test): {'; '.join(STANDINS_USED)}")
+    say(f"servers: {len(results) - broken} kinds across the environments, plus {broken} broken-app boots "
+        "(prod's RDS stand-in is not counted)")
     say(f"rehearsal took {time.monotonic() - started:.0f} s")
     say(f"rehearsal: {booted} servers booted, {failed} failed")
     return 1 if failed or not results else 0

@@ -32,7 +32,9 @@ fi
 mirror=$(cat /etc/apt/sources.list.d/*.sources /etc/apt/sources.list 2>/dev/null \
          | grep -oE 'https?://[^ ]+/debian/?( |$)' | head -n1 | tr -d ' ' || true)
 mirror=${mirror:-http://deb.debian.org/debian}
-rm -rf "$root.tmp"
+# An interrupted build may have left debootstrap's /proc or /sys mounted inside: unmount first.
+grep -o " $PWD/$root.tmp/[^ ]*" /proc/mounts 2>/dev/null | sort -r | xargs -r -n1 umount -l 2>/dev/null || true
+rm -rf --one-file-system "$root.tmp"
 mkdir -p "$base"
 echo "rehearsal-root: debootstrap bookworm from $mirror (about 2 minutes, once)" >&2
 debootstrap --variant=minbase --include=systemd,systemd-sysv,dbus bookworm "$root.tmp" "$mirror" >"$base/debootstrap.log" 2>&1 \

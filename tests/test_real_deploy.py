@@ -74,9 +74,9 @@ def test_ec2_database_server_waits_for_every_interface_endpoint(synthesized_temp
     assert _config(cdk_app, env).network.interface_endpoints
     template = synthesized_templates[env]
     _, server = _database_server(template)
-    endpoints = {lid for lid, r in resources(template, "AWS::EC2::VPCEndpoint").items()
-                 if r["Properties"].get("VpcEndpointType") == "Interface"}
-    assert endpoints
+    endpoints = set(resources(template, "AWS::EC2::VPCEndpoint"))  # interface, and the S3 gateway (dnf)
+    assert any(r["Properties"].get("VpcEndpointType") == "Gateway"
+               for r in resources(template, "AWS::EC2::VPCEndpoint").values())
     assert endpoints <= set(server.get("DependsOn", [])), endpoints - set(server.get("DependsOn", []))
 
 
@@ -173,7 +173,7 @@ def test_data_volume_attach_fails_loudly(synthesized_templates, env):
     assert f"if [ ! -e {DATA_DEVICE} ]; then aws ec2 attach-volume" in text
     assert f"[ -e {DATA_DEVICE} ] || {{ echo 'data volume {DATA_DEVICE} did not appear' >&2; exit 1; }}" in text
     # After a reboot PostgreSQL starts only once its data is mounted (nofail drops the usual ordering).
-    assert "nofail,x-systemd.before=postgresql.service" in text
+    assert "nofail,x-systemd.before=postgresql.service,x-systemd.required-by=postgresql.service" in text
 
 
 # -- 3. names that neither collide nor outlive a stack ---------------------------------------

@@ -145,3 +145,21 @@ def test_every_server_has_security_groups_the_rehearsal_enforces(synthesized_tem
     for server in _servers(synthesized_templates, name).values():
         groups = firewall.groups_of(template, server.logical_id)
         assert groups and all(template["Resources"][g]["Type"] == "AWS::EC2::SecurityGroup" for g in groups)
+
+
+@pytest.mark.parametrize("name", ["dev", "stage2ec2", "staging", "prod", "https"])
+def test_every_command_a_server_runs_comes_from_a_package_it_installs(synthesized_templates, name):
+    """A fresh Amazon Linux 2023 instance has python3 (3.9), not python3.11; nginx and PostgreSQL
+    only once installed. What a server's boot calls must be in its own package list (the database
+    server once parsed its secret with python3.11, which it never installed)."""
+    template = synthesized_templates[name]
+    for server in _servers(synthesized_templates, name).values():
+        init = template["Resources"][server.init_resource]["Metadata"]["AWS::CloudFormation::Init"]
+        declared = {pkg for key, config in init.items() if key != "configSets"
+                    for pkg in config.get("packages", {}).get("yum", {})}
+        text = json.dumps({key: {"files": config.get("files", {}), "commands": config.get("commands", {})}
+                           for key, config in init.items() if key != "configSets"})
+        for package, entry in PACKAGES.items():
+            for command in (Path(p).name for p in entry["provides"] if "/bin/" in p):
+                if re.search(rf"(?<![\w.-]){re.escape(command)}(?![\w.-])", text):
+                    assert package in declared, f"{name} {server.kind} runs {command} without installing {package}"

@@ -22,7 +22,7 @@ class DatabaseStage(StageBase):
             backup_retention_days=cfg.operations.backup_retention_days, key_pair=self.key_pair,
             multi_az=self.protect and cfg.database.kind == "rds", server_logs=self.server_logs,
             log_retention_days=cfg.operations.log_retention_days,
-            boot_dependencies=self.network.interface_endpoints)
+            boot_dependencies=self.network.boot_endpoints)
         self.database_secret = self.database.secret
         return self.database
 
