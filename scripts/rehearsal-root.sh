@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds (once) the Debian 12 root that the boot rehearsal boots with systemd-nspawn.
+# Builds (once, about a minute) the Debian 12 root that the boot rehearsal boots with systemd-nspawn.
 # Debian 12 ships systemd 252, the same major version as Amazon Linux 2023.
 # The root is cached under .local/rehearsal/, keyed by this script's hash; a change here rebuilds it.
 # Prints the root's path. Needs root (debootstrap, chroot) and Debian's package registry.
@@ -36,7 +36,7 @@ mirror=${mirror:-http://deb.debian.org/debian}
 grep -o " $PWD/$root.tmp/[^ ]*" /proc/mounts 2>/dev/null | sort -r | xargs -r -n1 umount -l 2>/dev/null || true
 rm -rf --one-file-system "$root.tmp"
 mkdir -p "$base"
-echo "rehearsal-root: debootstrap bookworm from $mirror (about 2 minutes, once)" >&2
+echo "rehearsal-root: debootstrap bookworm from $mirror (about a minute, once)" >&2
 debootstrap --variant=minbase --include=systemd,systemd-sysv,dbus bookworm "$root.tmp" "$mirror" >"$base/debootstrap.log" 2>&1 \
   || { tail -n 20 "$base/debootstrap.log" >&2; exit 1; }
 # Services must not start inside the chroot while packages install.
