@@ -163,3 +163,12 @@ def test_every_command_a_server_runs_comes_from_a_package_it_installs(synthesize
             for command in (Path(p).name for p in entry["provides"] if "/bin/" in p):
                 if re.search(rf"(?<![\w.-]){re.escape(command)}(?![\w.-])", text):
                     assert package in declared, f"{name} {server.kind} runs {command} without installing {package}"
+
+
+def test_no_init_file_lives_where_its_bak_copy_would_be_read():
+    """cfn-init keeps an overwritten file as <file>.bak; logrotate reads every file in logrotate.d,
+    so a config written there would be read twice after the first in-place update."""
+    layout = render.ServerLayout(stage=1, processes=1)
+    boot = render.single_server_bootstrap(layout, render.DatabaseEndpoint(host="127.0.0.1", secret_arn="arn:x:y:z:1:s"))
+    assert not [path for path in boot.files if path.startswith("/etc/logrotate.d/")]
+    assert any(render.LOGROTATE_LINK in command for _, command in boot.commands)
