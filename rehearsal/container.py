@@ -84,12 +84,13 @@ class Container:
 
     @property
     def cfn(self) -> Path:
-        """The CloudFormation stand-in's files for this server (bound at /var/lib/rehearsal-cfn)."""
+        """What the stand-ins read (bound at /var/lib/rehearsal-cfn): the endpoint, the instance ID,
+        the CDK assets (S3), the package table."""
         return self.dir / "cfn"
 
     def create(self, wheelhouse: Path) -> None:
         self.destroy()
-        for sub in ("upper", "work", "merged", "cfn/metadata", "cfn/assets"):
+        for sub in ("upper", "work", "merged", "cfn/assets"):
             (self.dir / sub).mkdir(parents=True, exist_ok=True)
         self._mount()
         self.wheelhouse = wheelhouse
@@ -211,25 +212,6 @@ mkdir -p /var/lib/cloud/instance/scripts /var/lib/rehearsal-cfn /opt/rehearsal/w
             self.loop_device = None
         if self.dir.exists():
             shutil.rmtree(self.dir, ignore_errors=True)
-
-    # --- the CloudFormation stand-in ---------------------------------------------------------
-
-    def signals(self) -> list[dict]:
-        path = self.cfn / "signals.jsonl"
-        if not path.exists():
-            return []
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-    def wait_for_signal(self, timeout: float) -> dict | None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            signals = self.signals()
-            if signals:
-                return signals[-1]
-            if self.process and self.process.poll() is not None:
-                return None
-            time.sleep(0.5)
-        return None
 
 
 def clean_leftovers(state_dir: Path) -> list[str]:

@@ -38,7 +38,8 @@ CFN_HUP_POLL_SECONDS = 2
 LOAD_SECONDS = 5
 SIGNAL_WAIT_SEC = 420
 STANDINS_USED = [
-    "cloud-init (runs the user data once)", "cfn-init/cfn-signal/cfn-hup (template metadata, signal recorded)",
+    "cloud-init (runs the user data once)",
+    "cfn-init/cfn-signal/cfn-hup (DescribeStackResource and SignalResource on the emulator)",
     "S3 (CDK asset from cdk.out)", "PyPI (local wheelhouse)", "aws CLI -> emulator", "ec2-metadata",
     "EBS (loop device)", "CloudWatch agent", "AL2023 postgresql.service/postgresql-setup",
 ]
@@ -108,6 +109,37 @@ class Emulator:
             self.process.kill()
 
 
+class CfnStack:
+    """The stack as CloudFormation's API serves it to the servers: one resource per server with its
+    Init metadata (intrinsics resolved, as CloudFormation resolves them), in the emulator. cfn-init
+    and cfn-hup read it with DescribeStackResource; cfn-signal's SignalResource lands in its events."""
+
+    TYPE = "AWS::CloudFormation::WaitConditionHandle"  # moto models no EC2 instance here; any type will do
+
+    def __init__(self, emulator: Emulator, region: str, name: str, logical_ids: list[str]) -> None:
+        self.cf = emulator.client("cloudformation", region)
+        self.name = name
+        self.resources = {lid: {"Type": self.TYPE} for lid in logical_ids}
+        self.stack_id = self.cf.create_stack(StackName=name, TemplateBody=self._body())["StackId"]
+        self.seen_signals: set[str] = set()
+
+    def _body(self) -> str:
+        return json.dumps({"Resources": self.resources})
+
+    def set_metadata(self, logical_id: str, metadata: dict) -> None:
+        self.resources[logical_id] = {"Type": self.TYPE, "Metadata": metadata}
+        self.cf.update_stack(StackName=self.name, TemplateBody=self._body())
+
+    def new_signal(self, logical_id: str) -> dict | None:
+        """The first signal for the resource not seen before: {"status": "SUCCESS"|"FAILURE", "time"}."""
+        for event in reversed(self.cf.describe_stack_events(StackName=self.name)["StackEvents"]):
+            if (event["ResourceStatus"] == "SIGNAL_RECEIVED" and event["LogicalResourceId"] == logical_id
+                    and event["EventId"] not in self.seen_signals):
+                self.seen_signals.add(event["EventId"])
+                return {"status": event["ResourceStatusReason"].split()[1], "time": time.time()}
+        return None
+
+
 # --- one environment ---------------------------------------------------------------------------
 
 
@@ -167,11 +199,10 @@ class Environment:
     # What CloudFormation would resolve: pseudo parameters, the secret, the volume, addresses.
     def prepare_aws(self) -> None:
         resources = self.template["Resources"]
-        stack_uuid = "6f1c3a2e-0b7d-11f0-9c3e-0a1b2c3d4e5f"
+        self.cfn_stack = CfnStack(self.emulator, self.region, self.stack, [s.init_resource for s in self.servers])
         self.refs.update({
             "AWS::Region": self.region, "AWS::StackName": self.stack, "AWS::AccountId": ACCOUNT,
-            "AWS::URLSuffix": "amazonaws.com", "AWS::Partition": "aws",
-            "AWS::StackId": f"arn:aws:cloudformation:{self.region}:{ACCOUNT}:stack/{self.stack}/{stack_uuid}",
+            "AWS::URLSuffix": "amazonaws.com", "AWS::Partition": "aws", "AWS::StackId": self.cfn_stack.stack_id,
         })
         sm = self.emulator.client("secretsmanager", self.region)
         for lid, res in resources.items():
@@ -202,14 +233,18 @@ class Environment:
                     for path in sorted(asset.rglob("*")):
                         if path.is_file():
                             z.write(path, path.relative_to(asset))
-        resolver = tpl.Resolver(template, self.refs, self.attributes)
+        resolver = tpl.Resolver(template, c.refs, self.attributes)
         metadata = resolver.resolve(template["Resources"][server.init_resource].get("Metadata", {}))
-        (c.cfn / "metadata" / f"{server.init_resource}.json").write_text(json.dumps(metadata, indent=1))
+        c.cfn_stack.set_metadata(server.init_resource, metadata)
 
-    def stage_server(self, c: ct.Container, server: tpl.Server, assembly: Path, template: dict) -> None:
-        """Everything a new server is handed: metadata and assets, its user data, its identity."""
+    def stage_server(self, c: ct.Container, server: tpl.Server, assembly: Path, template: dict,
+                     cfn_stack: CfnStack | None = None) -> None:
+        """Everything a new server is handed: metadata and assets, its user data, its identity.
+        `cfn_stack`: a stack of its own (the broken app is another deploy), else the environment's."""
+        c.cfn_stack = cfn_stack or self.cfn_stack
+        c.refs = {**self.refs, "AWS::StackName": c.cfn_stack.name, "AWS::StackId": c.cfn_stack.stack_id}
         self.publish(c, server, assembly, template)
-        resolver = tpl.Resolver(template, self.refs, self.attributes)
+        resolver = tpl.Resolver(template, c.refs, self.attributes)
         (c.cfn / "packages.json").write_text(json.dumps(PACKAGES))
         (c.cfn / "endpoint").write_text(self.emulator.url)
         (c.cfn / "local-ipv4").write_text(c.address)
@@ -286,7 +321,7 @@ def boot_and_signal(c: ct.Container, server: tpl.Server, result: Result, *, expe
     # A healthy boot signals in seconds and a broken app within its health gate (about 2 minutes):
     # past SIGNAL_WAIT_SEC the stack would only wait out its timeout and roll back.
     limit_sec = limit_sec or min(server.signal_timeout_sec, SIGNAL_WAIT_SEC)
-    signal = c.wait_for_signal(limit_sec)
+    signal = wait_for_signal(c, server, limit_sec)
     if signal:
         result.boot_to_signal_sec = signal["time"] - started
     if not signal or signal["status"] != expect:
@@ -295,6 +330,18 @@ def boot_and_signal(c: ct.Container, server: tpl.Server, result: Result, *, expe
             "then roll back)"
         result.fail("boot", f"{what}\n{diagnose(c)}")
     return signal
+
+
+def wait_for_signal(c: ct.Container, server: tpl.Server, timeout: float) -> dict | None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        signal = c.cfn_stack.new_signal(server.init_resource)
+        if signal:
+            return signal
+        if c.process and c.process.poll() is not None:
+            return None
+        time.sleep(0.5)
+    return None
 
 
 def diagnose(c: ct.Container) -> str:
@@ -485,7 +532,8 @@ def start_broken(env: Environment, config, server: tpl.Server, workdir: Path, re
     template = tpl.load(assembly, env.stack)
     broken = next(s for s in tpl.servers(template, env.stack) if s.kind == server.kind)
     c = env.container("broken")
-    env.stage_server(c, broken, assembly, template)
+    env.stage_server(c, broken, assembly, template,
+                     cfn_stack=CfnStack(env.emulator, env.region, f"{env.stack}-broken-app", [broken.init_resource]))
     holder: dict = {}
 
     def boot() -> None:

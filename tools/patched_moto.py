@@ -148,11 +148,67 @@ def _image_id_resolves_ssm_parameters_at_launch() -> None:
     Instance.create_from_cloudformation_json = classmethod(create_from_cloudformation_json)
 
 
+def _describe_stack_resource_returns_metadata() -> None:
+    """cfn-init and cfn-hup read a server's AWS::CloudFormation::Init through
+    DescribeStackResource's Metadata. moto 5.2.5 returned no Metadata, and no detail at all for
+    a resource type it does not model (Resource ... does not exist). Return the Metadata that
+    the stack's template gives the resource (as written: moto resolves no intrinsics there), and
+    a detail for any resource the template has."""
+    import json
+    from types import SimpleNamespace
+
+    from moto.cloudformation.responses import CloudFormationResponse, StackResourceDTO
+    from moto.core.responses import ActionResult
+
+    def describe_stack_resource(self) -> ActionResult:
+        stack_name = self._get_param("StackName")
+        logical_id = self._get_param("LogicalResourceId")
+        stack = self.cloudformation_backend.get_stack(stack_name)
+        spec = (stack.template_dict.get("Resources") or {}).get(logical_id)
+        modelled = next((r for r in stack.stack_resources
+                         if getattr(r, "logical_resource_id", None) == logical_id), None)
+        if spec is None and modelled is None:
+            return self.cloudformation_backend.describe_stack_resource(stack_name, logical_id)  # the usual error
+        detail = StackResourceDTO(stack, modelled or SimpleNamespace(
+            logical_resource_id=logical_id, physical_resource_id=logical_id, cf_resource_type=spec["Type"]))
+        detail.last_updated_timestamp = stack.creation_time
+        if spec and "Metadata" in spec:
+            detail.metadata = json.dumps(spec["Metadata"])
+        return ActionResult({"StackResourceDetail": detail})
+
+    CloudFormationResponse.describe_stack_resource = describe_stack_resource
+
+
+def _signal_resource_is_recorded() -> None:
+    """cfn-signal calls SignalResource, which moto 5.2.5 did not implement. Record it as
+    CloudFormation does, as a resource event: "Received SUCCESS signal with UniqueId i-…"."""
+    from moto.cloudformation.models import Event
+    from moto.cloudformation.responses import CloudFormationResponse
+    from moto.core.responses import ActionResult, EmptyResult
+
+    def signal_resource(self) -> ActionResult:
+        stack = self.cloudformation_backend.get_stack(self._get_param("StackName"))
+        logical_id, status = self._get_param("LogicalResourceId"), self._get_param("Status")
+        spec = (stack.template_dict.get("Resources") or {}).get(logical_id)
+        if spec is None:
+            return self.cloudformation_backend.describe_stack_resource(stack.name, logical_id)  # the usual error
+        stack.events.append(Event(
+            stack_id=stack.stack_id, stack_name=stack.name, logical_resource_id=logical_id,
+            physical_resource_id=logical_id, resource_type=spec["Type"], resource_status="SIGNAL_RECEIVED",
+            resource_status_reason=f"Received {status} signal with UniqueId {self._get_param('UniqueId')}",
+            resource_properties=None))
+        return EmptyResult()
+
+    CloudFormationResponse.signal_resource = signal_resource
+
+
 def main(argv: list[str] | None = None) -> None:
     _kms_key_accepts_cloudformation_tags()
     _references_to_skipped_resources_resolve()
     _missing_get_att_attributes()
     _image_id_resolves_ssm_parameters_at_launch()
+    _describe_stack_resource_returns_metadata()
+    _signal_resource_is_recorded()
     from moto.server import main as moto_main
 
     moto_main(argv if argv is not None else sys.argv[1:])
