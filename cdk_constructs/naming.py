@@ -11,16 +11,10 @@ from __future__ import annotations
 from aws_cdk import Aws, Fn, Stack
 from constructs import IConstruct
 
-_SUFFIXES: dict[str, str] = {}
-
 
 def stack_id_suffix(scope: IConstruct) -> str:
-    """The first 8 hex digits of the stack's UUID (AWS::StackId is arn:…:stack/NAME/UUID), a token.
-
-    Built once per stack (keyed by the stack's construct address): every name shares one expression."""
-    stack = Stack.of(scope)
-    key = stack.node.addr
-    if key not in _SUFFIXES:
-        uuid = Fn.select(2, Fn.split("/", Aws.STACK_ID))
-        _SUFFIXES[key] = Fn.select(0, Fn.split("-", uuid))
-    return _SUFFIXES[key]
+    """The first 8 hex digits of the UUID of the stack `scope` is in (AWS::StackId is
+    arn:…:stack/NAME/UUID), as a token: AWS::StackId always names the stack the template is in."""
+    Stack.of(scope)  # a scope outside any stack has no AWS::StackId to take it from
+    uuid = Fn.select(2, Fn.split("/", Aws.STACK_ID))
+    return Fn.select(0, Fn.split("-", uuid))

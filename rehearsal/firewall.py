@@ -14,6 +14,8 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
+from tools.synthesized import ref
+
 
 @dataclass(frozen=True)
 class Rule:
@@ -24,20 +26,12 @@ class Rule:
     group: str | None = None  # logical ID of the peer security group
 
 
-def _group_of(value) -> str | None:
-    if isinstance(value, dict) and "Fn::GetAtt" in value:
-        return value["Fn::GetAtt"][0]
-    if isinstance(value, dict) and "Ref" in value:
-        return value["Ref"]
-    return None
-
-
 def _rule(spec: dict, peer_key: str, vpc_cidr: str) -> Rule:
     cidr = spec.get("CidrIp")
     if isinstance(cidr, dict):  # the VPC's own CidrBlock
         cidr = vpc_cidr
     return Rule(str(spec.get("IpProtocol", "-1")), spec.get("FromPort"), spec.get("ToPort"), cidr,
-                _group_of(spec.get(peer_key)))
+                ref(spec.get(peer_key)))
 
 
 def group_rules(template: dict, vpc_cidr: str) -> dict[str, dict[str, list[Rule]]]:
@@ -52,9 +46,9 @@ def group_rules(template: dict, vpc_cidr: str) -> dict[str, dict[str, list[Rule]
             rules[lid]["egress"] += [_rule(s, "DestinationSecurityGroupId", vpc_cidr)
                                      for s in props.get("SecurityGroupEgress", [])]
         elif res["Type"] == "AWS::EC2::SecurityGroupIngress":
-            rules[_group_of(props["GroupId"])]["ingress"].append(_rule(props, "SourceSecurityGroupId", vpc_cidr))
+            rules[ref(props["GroupId"])]["ingress"].append(_rule(props, "SourceSecurityGroupId", vpc_cidr))
         elif res["Type"] == "AWS::EC2::SecurityGroupEgress":
-            rules[_group_of(props["GroupId"])]["egress"].append(_rule(props, "DestinationSecurityGroupId", vpc_cidr))
+            rules[ref(props["GroupId"])]["egress"].append(_rule(props, "DestinationSecurityGroupId", vpc_cidr))
     return rules
 
 
@@ -67,7 +61,7 @@ def groups_of(template: dict, logical_id: str) -> list[str]:
     # An instance with a public address at launch names its groups on its network interface.
     for interface in props.get("NetworkInterfaces", []):
         values = [*values, *interface.get("GroupSet", [])]
-    groups = [g for g in (_group_of(v) for v in values) if g]
+    groups = [g for g in (ref(v) for v in values) if g]
     if not groups:
         raise ValueError(f"{logical_id} has no security group that the rehearsal can find")
     return groups

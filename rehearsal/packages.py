@@ -3,9 +3,8 @@ Debian 12 packages the rehearsal root has. One table; every entry says why it ma
 
 The root has every Debian package installed, but a server sees only what its metadata asks for:
 each entry's `provides` (its commands and units) stays hidden until cfn-init installs the
-package, as on a fresh Amazon Linux 2023 instance. BASE_IMAGE is what the standard AL2023 AMI has
-before anything is installed. An empty `debian` list means a stand-in from rehearsal/standins/
-plays the package's part. scripts/rehearsal-root.sh installs every Debian package named here (a
+package, as on a fresh Amazon Linux 2023 instance (whose python3, AWS CLI, curl, util-linux and
+xfsprogs stay visible). `standin` names what plays a package's part where Debian cannot. scripts/rehearsal-root.sh installs every Debian package named here (a
 test checks).
 """
 
@@ -28,19 +27,16 @@ PACKAGES: dict[str, dict] = {
                                          "/usr/bin/psql", "/usr/bin/postgresql-setup",
                                          "/usr/lib/systemd/system/postgresql.service"],
                             "reason": "the same PostgreSQL 15; AL2023's postgresql.service and postgresql-setup "
-                                      "are stand-ins over Debian's binaries"},
+                                      "are stand-ins over Debian's binaries",
+                            "standin": "AL2023 postgresql.service/postgresql-setup"},
     "awscli-2": {"debian": ["awscli"], "provides": [],
                  "reason": "Debian's AWS CLI v2 (2.9), wrapped to call the emulator with dummy keys; "
                            "on the standard AL2023 AMI already"},
     "amazon-cloudwatch-agent": {"debian": [],
                                 "provides": ["/opt/aws/amazon-cloudwatch-agent/bin/amazon-cloudwatch-agent-ctl"],
-                                "reason": "not in Debian and ships to AWS: a stand-in checks its config"},
+                                "reason": "not in Debian and ships to AWS: a stand-in checks its config",
+                                "standin": "CloudWatch agent"},
 }
-
-# On the standard AL2023 AMI before cfn-init runs (and so usable by any server without asking).
-BASE_IMAGE = ["python3 (3.9 on AL2023, 3.11 here)", "awscli-2", "curl", "util-linux", "xfsprogs",
-              "aws-cfn-bootstrap", "amazon-ec2-utils", "systemd"]
-
 
 def debian_packages() -> set[str]:
     return {name for entry in PACKAGES.values() for name in entry["debian"]}

@@ -37,12 +37,25 @@ ACCOUNT = "123456789012"
 CFN_HUP_POLL_SECONDS = 2
 LOAD_SECONDS = 5
 SIGNAL_WAIT_SEC = 420
-STANDINS_USED = [
-    "cloud-init (runs the user data once)",
-    "cfn-init/cfn-signal/cfn-hup (DescribeStackResource and SignalResource on the emulator)",
-    "S3 (CDK asset from cdk.out)", "PyPI (local wheelhouse)", "aws CLI -> emulator", "ec2-metadata",
-    "EBS (loop device)", "CloudWatch agent", "AL2023 postgresql.service/postgresql-setup",
-]
+def standins_for(server: tpl.Server) -> list[str]:
+    """The stand-ins a server's boot goes through, read from what the template hands it."""
+    text = json.dumps([server.user_data, server.metadata])
+    init = server.metadata.get("AWS::CloudFormation::Init", {})
+    configs = [c for name, c in init.items() if name != "configSets"]
+    packages = {p for c in configs for p in c.get("packages", {}).get("yum", {})}
+    found = {
+        "cloud-init": True,
+        "cfn-init/cfn-signal": True,
+        "cfn-hup": "cfn-hup" in text,
+        "S3 asset": any(c.get("sources") for c in configs),
+        "PyPI wheelhouse": "pip install" in text,
+        "AWS CLI -> emulator": "secretsmanager" in text or "attach-volume" in text,
+        "ec2-metadata": "ec2-metadata" in text,
+        "EBS loop device": "attach-volume" in text,
+    }
+    return [name for name, used in found.items() if used] + \
+        [PACKAGES[p]["standin"] for p in sorted(packages) if "standin" in PACKAGES.get(p, {})]
+
 
 
 def say(message: str) -> None:
@@ -435,7 +448,7 @@ def start_environment(env: Environment, config, workdir: Path):
             env.attributes[(lid, "Endpoint.Address")] = env.address("rds")
             env.attributes[(lid, "Endpoint.Port")] = str(resource["Properties"].get("Port", 5432))
     # The broken app boots in its own container: its signal must be FAILURE.
-    broken_result = Result(env.name, f"{app_server.kind} (broken app)", standins=["as above"])
+    broken_result = Result(env.name, f"{app_server.kind} (broken app)", standins=standins_for(app_server))
     return broken_result, start_broken(env, config, app_server, workdir, broken_result)
 
 
@@ -449,8 +462,7 @@ def rehearse_environment(env: Environment, config, workdir: Path, broken_result:
 
     if db_servers:
         server = db_servers[0]
-        db_result = Result(env.name, server.kind, standins=["cloud-init", "cfn-init", "EBS", "ec2-metadata",
-                                                            "aws->emulator", "postgresql-setup", "CW agent"])
+        db_result = Result(env.name, server.kind, standins=standins_for(server))
         results.append(db_result)
         volume = next(lid for lid, r in env.template["Resources"].items() if r["Type"] == "AWS::EC2::Volume")
         env.create_volume(volume)
@@ -472,9 +484,7 @@ def rehearse_environment(env: Environment, config, workdir: Path, broken_result:
         start_rds_standin(db_container, env.secret_values[secret_lid], instance.get("DBName", "app"),
                           int(instance.get("Port", 5432)))
 
-    result = Result(env.name, app_server.kind, standins=[
-        "cloud-init", "cfn-init/cfn-hup", "S3 asset", "PyPI wheelhouse", "aws->emulator", "CW agent"]
-        + (["AL2023 postgresql"] if app_server.stage == 1 else []))
+    result = Result(env.name, app_server.kind, standins=standins_for(app_server))
     results.insert(0, result)
     app = env.container("app")
     env.stage_server(app, app_server, env.assembly, env.template)
@@ -700,7 +710,8 @@ def main(env_names: list[str] | None) -> int:
     booted = sum(1 for r in results if r.boot_to_signal_sec is not None)
     failed = sum(1 for r in results if r.failures)
     broken = sum(1 for r in results if r.kind.endswith("(broken app)"))
-    say(f"stand-ins (not under test): {'; '.join(STANDINS_USED)}")
+    used = dict.fromkeys(s for r in results for s in r.standins)
+    say(f"stand-ins (not under test; README: The boot rehearsal): {', '.join(used)}")
     say(f"servers: {len(results) - broken} kinds across the environments, plus {broken} broken-app boots "
         "(prod's RDS stand-in is not counted)")
     say(f"rehearsal took {time.monotonic() - started:.0f} s")

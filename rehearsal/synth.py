@@ -7,7 +7,6 @@ directory (an in-place update, a broken app) the way a user's edit would, then s
 from __future__ import annotations
 
 import dataclasses
-import json
 import shutil
 from pathlib import Path
 
@@ -15,15 +14,7 @@ from aws_cdk import App
 
 from app_tier import render
 from envconfig import EnvironmentConfig, Stage, load_environments
-from stacks import add_environments
-
-REPO = Path(__file__).resolve().parent.parent
-
-
-def cdk_context() -> dict:
-    # What the CDK CLI adds to cdk.json's context when it runs app.py.
-    return {**json.loads((REPO / "cdk.json").read_text())["context"],
-            "aws:cdk:enable-path-metadata": True, "aws:cdk:version-reporting": False}
+from stacks import add_environments, cli_context
 
 
 def stage2_config() -> EnvironmentConfig:
@@ -42,7 +33,7 @@ def synthesize(configs: list[EnvironmentConfig], outdir: Path, *, app_source: Pa
     render.APP_SOURCE_DIR = app_source or original
     try:
         # cfn-lint checks the templates in the tests; its warnings here would only be noise.
-        app = App(context=cdk_context(), outdir=str(outdir), builtin_cloud_formation_validation=False)
+        app = App(context=cli_context(), outdir=str(outdir), builtin_cloud_formation_validation=False)
         add_environments(app, configs)
         app.synth()
     finally:

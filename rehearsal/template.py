@@ -12,7 +12,7 @@ from __future__ import annotations
 import base64
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 SERVER_TYPES = ("AWS::EC2::Instance", "AWS::EC2::LaunchTemplate")
@@ -36,7 +36,6 @@ class Server:
     signal_timeout_sec: int  # from the CreationPolicy
     service_port: int | None = None
     health_path: str = "/health"
-    extra: dict = field(default_factory=dict)
 
     @property
     def is_app_server(self) -> bool:

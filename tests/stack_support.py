@@ -10,20 +10,17 @@ modules import these names.)
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from pathlib import Path
 
 from aws_cdk import App
 
 from envconfig import EnvironmentConfig, Stage, load_environments
-from stacks import add_environments
+from stacks import add_environments, cli_context
 
 ROOT = Path(__file__).resolve().parent.parent
-# What the CDK CLI adds to cdk.json's context: construct paths in the template metadata
-# (tests find resources by path) and no version-reporting resource.
-CDK_CONTEXT = {**json.loads((ROOT / "cdk.json").read_text())["context"],
-               "aws:cdk:enable-path-metadata": True, "aws:cdk:version-reporting": False}
+# What the CDK CLI gives app.py (tests find resources by construct path).
+CDK_CONTEXT = cli_context()
 CERTIFICATE_ARN = "arn:aws:acm:ap-northeast-2:123456789012:certificate/11111111-2222-3333-4444-555555555555"
 
 # jsii runs the CDK in Node; use the project's Node 22 so no end-of-life banner is printed.

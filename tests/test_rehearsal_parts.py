@@ -172,3 +172,14 @@ def test_no_init_file_lives_where_its_bak_copy_would_be_read():
     boot = render.single_server_bootstrap(layout, render.DatabaseEndpoint(host="127.0.0.1", secret_arn="arn:x:y:z:1:s"))
     assert not [path for path in boot.files if path.startswith("/etc/logrotate.d/")]
     assert any(render.LOGROTATE_LINK in command for _, command in boot.commands)
+
+
+def test_each_server_reports_the_stand_ins_its_boot_goes_through(synthesized_templates):
+    from rehearsal.run import standins_for
+    staging = _servers(synthesized_templates, "staging")
+    database = standins_for(staging["database server"])
+    assert {"EBS loop device", "ec2-metadata", "cfn-hup", "AL2023 postgresql.service/postgresql-setup"} <= set(database)
+    assert "S3 asset" not in database and "PyPI wheelhouse" not in database
+    member = standins_for(_servers(synthesized_templates, "prod")["stage-4 group member"])
+    assert {"S3 asset", "PyPI wheelhouse", "CloudWatch agent"} <= set(member)
+    assert "cfn-hup" not in member and "EBS loop device" not in member
