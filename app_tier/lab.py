@@ -16,6 +16,7 @@ Tests and benchmarks use the Python API:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import getpass
 import os
 import pwd
@@ -167,11 +168,11 @@ class Lab:
     """One server's app tier on loopback. Use as a context manager; `url` is where clients go."""
 
     def __init__(self, *, stage: int = 4, processes: int | None = None, port: int = 0,
-                 start_command: str = render.DEFAULT_START_COMMAND, keep_dir: bool = False) -> None:
+                 app: render.AppSpec | None = None, keep_dir: bool = False) -> None:
         self.stage = stage
+        self.app = app or render.AppSpec()
         self.processes = processes or os.cpu_count() or 1
         self.port = port or free_port()
-        self.start_command = start_command
         self.keep_dir = keep_dir
         self.layout: render.ServerLayout | None = None
         self.dir: Path | None = None
@@ -237,11 +238,13 @@ class Lab:
         app_root.mkdir()
         # The layout a server has: {app_root}/venv and {app_root}/app, here links to this checkout.
         (app_root / "venv").symlink_to(Path(sys.prefix))
-        (app_root / "app").symlink_to(render.APP_SOURCE_DIR)
+        (app_root / "app").symlink_to(Path(self.app.source_dir).resolve())
         first_app_port = free_port_range(self.processes) if self.stage == 4 else render.ServerLayout.first_app_port
-        self.layout = render.ServerLayout(stage=self.stage, processes=self.processes, service_port=self.port,
-                                          first_app_port=first_app_port, app_root=str(app_root),
-                                          start_command=self.start_command)
+        # Stage 4 is the layout with the in-server proxy; the lab names itself after the stage it plays.
+        app = dataclasses.replace(self.app, environment={**self.app.environment, "APP_STAGE": str(self.stage)})
+        self.layout = render.ServerLayout(app=app, proxy=self.stage == 4, processes=self.processes,
+                                          service_port=self.port, first_app_port=first_app_port,
+                                          app_root=str(app_root))
         self.processes = self.layout.processes
 
         database = render.DatabaseEndpoint(host="127.0.0.1", port=free_port())

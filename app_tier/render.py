@@ -12,6 +12,7 @@ in anything rendered: on AWS they are fetched from Secrets Manager at boot.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -31,6 +32,8 @@ DEFAULT_START_COMMAND = (
     " --chdir {app_root}/app --bind {bind} app:application"
 )
 
+DEFAULT_HEALTH_PATH = "/health"
+
 RESTART_DELAY_SEC = 0.5  # systemd RestartSec; the lab supervisor waits the same
 ENV_FILE = "/etc/webapp/app.env"
 SECRET_DIR = "/run/webapp"  # tmpfs: the password never reaches the disk or survives a reboot
@@ -47,6 +50,14 @@ LOGROTATE_LINK = "/etc/logrotate.d/webapp"
 LOG_DIR_TMPFILES = "/etc/tmpfiles.d/webapp.conf"
 FETCH_PASSWORD_SCRIPT = f"{LIBEXEC_DIR}/fetch-db-password"
 FETCH_PASSWORD_UNIT = "webapp-db-password.service"
+# The app's own secrets ([app.secrets]): read at every boot into a root-only tmpfs file that
+# systemd passes to the app units as environment (EnvironmentFile is read before privileges drop).
+APP_SECRETS_FILE = f"{SECRET_DIR}/app-secrets.env"
+FETCH_APP_SECRETS_SCRIPT = f"{LIBEXEC_DIR}/fetch-app-secrets"
+FETCH_APP_SECRETS_UNIT = "webapp-app-secrets.service"
+# What the platform sets in the app's environment; [app.environment] cannot override these.
+PLATFORM_ENVIRONMENT = ("APP_STAGE", "DB_HOST", "DB_PORT", "DB_NAME", "DB_USER", "DB_PASSWORD_FILE",
+                        "PYTHONUNBUFFERED", "PYTHONDONTWRITEBYTECODE")
 UNIT_DIR = "/etc/systemd/system"
 NGINX_CONF = "/etc/nginx/nginx.conf"
 PG_CONF_DIR = "/etc/webapp/postgresql"
@@ -63,43 +74,104 @@ def _check(ok: bool, message: str) -> None:
         raise ValueError(message)
 
 
-@dataclass(frozen=True)
-class ServerLayout:
-    """How one server runs the app: which stage, how many copies, on which ports, as whom."""
+_ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
+_PLACEHOLDERS = {"bind", "host", "port", "app_root"}
 
-    stage: int  # 1..4
-    processes: int  # copies of the app; stages 1-3 always run 1
-    service_port: int = 80  # what clients / the ALB connect to: nginx (stage 4) or the app (1-3)
-    first_app_port: int = 8001  # stage 4 copies listen on 127.0.0.1:first_app_port+i
-    app_root: str = "/opt/webapp"  # the app's code goes to f"{app_root}/app"
-    run_user: str = "webapp"
-    health_path: str = "/health"
-    # The one line a user changes to swap the app. Placeholders: {bind} (host:port), {host},
-    # {port}, {app_root}. It must listen where {bind} says.
-    start_command: str = DEFAULT_START_COMMAND
+
+@dataclass(frozen=True, kw_only=True)
+class AppSecret:
+    """One environment variable of the app whose value is read at boot, never written into a template.
+
+    `store`: "secretsmanager" (a secret's name or ARN; `key` picks a field of a JSON secret) or
+    "ssm" (a Parameter Store parameter's name or ARN, String or SecureString)."""
+
+    store: str
+    name: str
+    key: str = ""
 
     def __post_init__(self) -> None:
-        _check(self.stage in (1, 2, 3, 4), f"stage must be 1..4, got {self.stage!r}")
+        _check(self.store in ("secretsmanager", "ssm"), f"secret store must be secretsmanager or ssm: {self.store!r}")
+        _check(bool(_NO_QUOTES.match(self.name)), f"secret name has spaces or quotes: {self.name!r}")
+        _check(not self.key or self.store == "secretsmanager", "only a Secrets Manager secret has a JSON key")
+
+
+@dataclass(frozen=True, kw_only=True)
+class AppSpec:
+    """The app contract: everything about the app a server needs, and nothing about the server.
+
+    `source_dir` holds the code and a requirements.txt (the server builds a venv from it);
+    `start_command` is one command line with placeholders {bind} (host:port), {host}, {port},
+    {app_root}, and must listen where {bind}/{port} say; `health_path` answers 200 while the
+    process is up (the boot health gate, nginx and the load balancer all read it);
+    `packages` are extra Amazon Linux 2023 packages; `environment` plain variables;
+    `secrets` variables read at boot from Secrets Manager or Parameter Store."""
+
+    source_dir: str = str(APP_SOURCE_DIR)
+    start_command: str = DEFAULT_START_COMMAND
+    health_path: str = DEFAULT_HEALTH_PATH
+    packages: tuple[str, ...] = ()
+    environment: Mapping[str, str] = field(default_factory=dict)
+    secrets: Mapping[str, AppSecret] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _check(self.health_path.startswith("/"), "health_path must start with /")
+        _check("{bind}" in self.start_command or "{port}" in self.start_command,
+               "start_command must contain {bind} or {port}: the port each copy listens on")
+        _check("\n" not in self.start_command, "start_command is one line")
+        unknown = {name for name in re.findall(r"{(\w*)}", self.start_command)} - _PLACEHOLDERS
+        _check(not unknown, f"start_command: unknown placeholders {sorted(unknown)}; allowed: {sorted(_PLACEHOLDERS)}")
+        for name, value in self.environment.items():
+            _check(bool(_ENV_NAME.match(name)), f"bad environment variable name {name!r}")
+            _check("\n" not in value, f"environment variable {name} has a newline")
+        for name in self.secrets:
+            _check(bool(_ENV_NAME.match(name)), f"bad environment variable name {name!r}")
+            _check(name not in self.environment, f"{name} is both a plain variable and a secret")
+        # APP_STAGE may come in `environment`: the stage constructs name themselves there.
+        for name in (*(n for n in self.environment if n != "APP_STAGE"), *self.secrets):
+            _check(name not in PLATFORM_ENVIRONMENT, f"{name} is set by the platform")
+        for package in self.packages:
+            _check(bool(re.match(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$", package)), f"bad package name {package!r}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServerLayout:
+    """How one server runs the app: how many copies, behind an in-server proxy or not, on which ports, as whom."""
+
+    app: AppSpec = AppSpec()
+    # nginx in front of `processes` loopback copies (stage 4); otherwise the one copy is the service.
+    proxy: bool = False
+    processes: int = 1
+    service_port: int = 80  # what clients / the ALB connect to: nginx (proxy) or the app itself
+    first_app_port: int = 8001  # behind the proxy, copies listen on 127.0.0.1:first_app_port+i
+    app_root: str = "/opt/webapp"  # the app's code goes to f"{app_root}/app"
+    run_user: str = "webapp"
+
+    def __post_init__(self) -> None:
         _check(isinstance(self.processes, int) and self.processes >= 1,
                f"processes must be a positive integer, got {self.processes!r}")
-        if self.stage < 4:
-            object.__setattr__(self, "processes", 1)  # only stage 4 runs several copies
+        if not self.proxy:
+            object.__setattr__(self, "processes", 1)  # without the proxy the one copy is the service
         last_app_port = self.first_app_port + self.processes - 1
         _check(0 < self.service_port < 65536, f"service_port out of range: {self.service_port}")
         _check(self.first_app_port > 0 and last_app_port < 65536,
                f"app ports {self.first_app_port}..{last_app_port} out of range")
-        _check(self.stage < 4 or not self.first_app_port <= self.service_port <= last_app_port,
+        _check(not self.proxy or not self.first_app_port <= self.service_port <= last_app_port,
                f"service_port {self.service_port} collides with the app ports")
         _check(self.app_root.startswith("/") and bool(_NO_QUOTES.match(self.app_root)),
                f"app_root must be an absolute path without spaces or quotes: {self.app_root!r}")
         _check(bool(re.match(r"^[a-z_][a-z0-9_-]{0,31}$", self.run_user)), f"bad run_user {self.run_user!r}")
-        _check(self.health_path.startswith("/"), "health_path must start with /")
-        _check("{bind}" in self.start_command or "{port}" in self.start_command,
-               "start_command must contain {bind} or {port}: the port each copy listens on")
+
+    @property
+    def health_path(self) -> str:
+        return self.app.health_path
+
+    @property
+    def start_command(self) -> str:
+        return self.app.start_command
 
     @property
     def app_ports(self) -> list[int]:
-        if self.stage == 4:
+        if self.proxy:
             return [self.first_app_port + i for i in range(self.processes)]
         return [self.service_port]
 
@@ -156,7 +228,7 @@ class ServerBootstrap:
 
 def app_binds(layout: ServerLayout, *, public_host: str = "0.0.0.0") -> list[str]:
     """host:port each copy listens on. Stage 4 copies are loopback-only: nginx is the way in."""
-    if layout.stage == 4:
+    if layout.proxy:
         return [f"127.0.0.1:{port}" for port in layout.app_ports]
     return [f"{public_host}:{layout.service_port}"]
 
@@ -171,13 +243,13 @@ def app_environment(layout: ServerLayout, database: DatabaseEndpoint, *,
                     password_file: str | None = None) -> dict[str, str]:
     """The app's environment. On a server the unit adds DB_PASSWORD_FILE (a systemd credential)."""
     env = {
-        "APP_STAGE": str(layout.stage),
         "DB_HOST": database.host,
         "DB_PORT": str(database.port),
         "DB_NAME": database.name,
         "DB_USER": database.user,
         "PYTHONUNBUFFERED": "1",
         "PYTHONDONTWRITEBYTECODE": "1",
+        **layout.app.environment,
     }
     if password_file:
         env["DB_PASSWORD_FILE"] = password_file
@@ -186,23 +258,23 @@ def app_environment(layout: ServerLayout, database: DatabaseEndpoint, *,
 
 def app_units(layout: ServerLayout) -> list[str]:
     """The systemd units that run the copies: app@8001.service ... (stage 4) or app.service."""
-    if layout.stage == 4:
+    if layout.proxy:
         return [f"app@{port}.service" for port in layout.app_ports]
     return ["app.service"]
 
 
 def app_server_packages(layout: ServerLayout, *, database: DatabaseEndpoint | None = None) -> list[str]:
     packages = [PYTHON, f"{PYTHON}-pip", "logrotate"]
-    if layout.stage == 4:
+    if layout.proxy:
         packages.append("nginx")
-    if database is not None and database.secret_arn:
+    if layout.app.secrets or database is not None and database.secret_arn:
         packages.append("awscli-2")  # preinstalled on the standard AL2023 AMI, not on minimal
-    return packages
+    return list(dict.fromkeys(packages + list(layout.app.packages)))
 
 
 def app_server_files(layout: ServerLayout, database: DatabaseEndpoint) -> dict[str, ServerFile]:
     files = {ENV_FILE: ServerFile(_env_file(app_environment(layout, database)))}
-    if layout.stage == 4:
+    if layout.proxy:
         files[f"{UNIT_DIR}/app@.service"] = ServerFile(_app_unit(layout, database, bind="127.0.0.1:%i"))
         files[NGINX_CONF] = ServerFile(nginx_config(layout))
     else:
@@ -213,6 +285,7 @@ def app_server_files(layout: ServerLayout, database: DatabaseEndpoint) -> dict[s
     files[LOGROTATE_CONF] = ServerFile(
         f"{LOG_DIR}/*.log {{\n  daily\n  rotate 7\n  compress\n  missingok\n  notifempty\n  copytruncate\n}}\n")
     files.update(_password_fetch_files(database))
+    files.update(_app_secrets_files(layout, region=database.region))
     return files
 
 
@@ -220,7 +293,9 @@ def app_server_commands(layout: ServerLayout) -> list[tuple[str, str]]:
     root, user = layout.app_root, layout.run_user
     units = " ".join(app_units(layout))
     start = f"systemctl daemon-reload && systemctl enable {units} && systemctl restart {units}"
-    if layout.stage == 4:
+    if layout.app.secrets:  # read them again: an update may have changed which secrets the app gets
+        start = start.replace("systemctl restart", f"systemctl restart {FETCH_APP_SECRETS_UNIT} && systemctl restart", 1)
+    if layout.proxy:
         start += " && systemctl enable nginx.service && systemctl reload-or-restart nginx.service"
     return [
         ("20-app-user", (f"id -u {user} >/dev/null 2>&1 || useradd --system --user-group"
@@ -271,15 +346,15 @@ UMask=0077"""
 
 
 def _log_name(layout: ServerLayout) -> str:
-    return "app-%i.log" if layout.stage == 4 else "app.log"
+    return "app-%i.log" if layout.proxy else "app.log"
 
 
 def _app_unit(layout: ServerLayout, database: DatabaseEndpoint, *, bind: str) -> str:
     # '%' is a systemd specifier: escape the user's command, then put the instance (%i) back.
     marker = "\0port\0"
     command = app_start_command(layout, bind.replace("%i", marker)).replace("%", "%%").replace(marker, "%i")
-    what = f"Web app copy on {bind}" if layout.stage == 4 else f"Web app on {bind}"
-    unit = ["[Unit]", f"Description={what} (stage {layout.stage})",
+    what = f"Web app copy on {bind}" if layout.proxy else f"Web app on {bind}"
+    unit = ["[Unit]", f"Description={what}",
             "After=network-online.target", "Wants=network-online.target",
             # Restart=always means always: never give up after a burst of crashes.
             "StartLimitIntervalSec=0"]
@@ -289,6 +364,10 @@ def _app_unit(layout: ServerLayout, database: DatabaseEndpoint, *, bind: str) ->
         unit += [f"Requires={FETCH_PASSWORD_UNIT}", f"After={FETCH_PASSWORD_UNIT}"]
         # systemd reads the root-only file and hands the service a private, readable copy.
         service += [f"LoadCredential=db-password:{PASSWORD_FILE}", "Environment=DB_PASSWORD_FILE=%d/db-password"]
+    if layout.app.secrets:
+        unit += [f"Requires={FETCH_APP_SECRETS_UNIT}", f"After={FETCH_APP_SECRETS_UNIT}"]
+        # systemd reads this root-only file before it drops privileges; the app sees only its values.
+        service += [f"EnvironmentFile={APP_SECRETS_FILE}"]
     service += [f"ExecStart={command}", "Restart=always", f"RestartSec={int(RESTART_DELAY_SEC * 1000)}ms",
                 # SIGTERM to gunicorn's master only; it stops its worker gracefully.
                 "KillMode=mixed", "TimeoutStopSec=35",
@@ -297,12 +376,12 @@ def _app_unit(layout: ServerLayout, database: DatabaseEndpoint, *, bind: str) ->
                 # would open this file before creating that directory, and fail with 209/STDOUT.
                 f"StandardOutput=append:{LOG_DIR}/{_log_name(layout)}", "StandardError=inherit",
                 _HARDENING]
-    if layout.stage == 4:
+    if layout.proxy:
         service += ["CapabilityBoundingSet="]
     else:  # the app itself listens on a privileged port, as a non-root user
         service += ["AmbientCapabilities=CAP_NET_BIND_SERVICE", "CapabilityBoundingSet=CAP_NET_BIND_SERVICE"]
     install = ["[Install]", "WantedBy=multi-user.target"]
-    header = "# Rendered by app_tier/render.py; change ServerLayout.start_command to run another app."
+    header = "# Rendered by app_tier/render.py; the start command is the app's ([app] start_command in config)."
     return "\n".join([header, *unit, "", *service, "", *install]) + "\n"
 
 
@@ -361,6 +440,88 @@ WantedBy=multi-user.target
     }
 
 
+def _app_secrets_files(layout: ServerLayout, *, region: str | None) -> dict[str, ServerFile]:
+    """A oneshot unit that reads the app's secrets at every boot into a root-only tmpfs env file.
+
+    Only references (names, ARNs) are rendered; the values exist on the server only, in
+    APP_SECRETS_FILE, and in the environment of the app's processes."""
+    if not layout.app.secrets:
+        return {}
+    wanted = [[name, ref.store, ref.name, ref.key] for name, ref in sorted(layout.app.secrets.items())]
+    script = f"""#!/usr/bin/python3
+# Rendered by app_tier/render.py: read the app's secrets ([app.secrets]) into {APP_SECRETS_FILE}
+# (tmpfs, root-only), which systemd hands to the app units as environment. Retries while the
+# network or IAM settles after boot; fails the boot (and the unit) when one cannot be read.
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+WANTED = {json.dumps(wanted)}
+REGION = {json.dumps(region or "")}
+
+
+def read(store, name, key):
+    region = ["--region", REGION] if REGION else []
+    if store == "ssm":
+        command = ["aws", "ssm", "get-parameter", *region, "--name", name, "--with-decryption",
+                   "--query", "Parameter.Value", "--output", "json"]
+    else:
+        command = ["aws", "secretsmanager", "get-secret-value", *region, "--secret-id", name,
+                   "--query", "SecretString", "--output", "json"]
+    value = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout)
+    return str(json.loads(value)[key]) if key else value
+
+
+def quoted(value):
+    # systemd EnvironmentFile syntax: double quotes, with backslash escapes for \\ " $ and `.
+    for char in ("\\\\", '"', "$", "`"):
+        value = value.replace(char, "\\\\" + char)
+    return '"' + value + '"'
+
+
+lines = []
+for variable, store, name, key in WANTED:
+    for attempt in range(1, 31):
+        try:
+            lines.append(f"{{variable}}={{quoted(read(store, name, key))}}")
+            break
+        except (subprocess.CalledProcessError, ValueError, KeyError) as error:
+            detail = getattr(error, "stderr", "") or repr(error)
+            print(f"fetch-app-secrets: {{variable}} from {{store}} {{name}}: attempt {{attempt}} failed: {{detail.strip()}}",
+                  file=sys.stderr)
+            if attempt == 30:
+                sys.exit(1)
+            time.sleep(5)
+os.makedirs("{SECRET_DIR}", mode=0o700, exist_ok=True)
+fd, tmp = tempfile.mkstemp(dir="{SECRET_DIR}", prefix=".app-secrets.")
+with os.fdopen(fd, "w") as out:
+    out.write("\\n".join(lines) + "\\n")
+os.replace(tmp, "{APP_SECRETS_FILE}")
+"""
+    unit = f"""# Rendered by app_tier/render.py
+[Unit]
+Description=Read the app's secrets from Secrets Manager and Parameter Store into {APP_SECRETS_FILE}
+After=network-online.target
+Wants=network-online.target
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart={FETCH_APP_SECRETS_SCRIPT}
+UMask=0077
+
+[Install]
+WantedBy=multi-user.target
+"""
+    return {
+        FETCH_APP_SECRETS_SCRIPT: ServerFile(script, mode="000700"),
+        f"{UNIT_DIR}/{FETCH_APP_SECRETS_UNIT}": ServerFile(unit),
+    }
+
+
 # --- nginx (stage 4) ------------------------------------------------------------------------
 
 
@@ -377,14 +538,14 @@ class NginxPaths:
 
 def nginx_config(layout: ServerLayout, paths: NginxPaths = NginxPaths(), *, listen_host: str | None = None) -> str:
     """The whole nginx.conf for stage 4: nginx spreads requests over the loopback copies."""
-    _check(layout.stage == 4, "nginx runs in front of the copies in stage 4 only")
+    _check(layout.proxy, "nginx runs in front of the copies only in a layout with the proxy (stage 4)")
     listen = f"{listen_host}:{layout.service_port}" if listen_host else str(layout.service_port)
     # max_fails=0: a database outage makes every copy answer 503; with failure accounting nginx
     # would mark them all down and answer 502 even to /health, and the ALB would drain every
     # server at once. A dead copy costs one refused loopback connect, then the next copy serves.
     servers = "\n".join(f"        server 127.0.0.1:{port} max_fails=0;" for port in layout.app_ports)
     user = f"user {paths.user};\n" if paths.user else ""
-    return f"""# Rendered by app_tier/render.py: stage 4, nginx in front of {layout.processes} app copies.
+    return f"""# Rendered by app_tier/render.py: nginx in front of {layout.processes} app copies.
 {user}worker_processes auto;
 pid {paths.pid};
 error_log {paths.error_log} warn;

@@ -14,7 +14,7 @@ import pytest
 
 from app_tier import render
 from app_tier.lab import find_nginx, free_port, nginx_command
-from app_tier.render import DatabaseEndpoint, ServerLayout
+from app_tier.render import AppSecret, AppSpec, DatabaseEndpoint, ServerLayout
 
 TOKEN_HOST = "${Token[TOKEN.123]}"
 TOKEN_SECRET = "${Token[TOKEN.456]}"
@@ -33,7 +33,7 @@ def test_tokens_pass_through_unchanged_and_no_password_is_rendered(stage, monkey
     # A password in this process's environment must not leak into anything rendered.
     monkeypatch.setenv("DB_PASSWORD", "hunter2-in-the-environment")
     monkeypatch.setenv(render.PASSWORD_ENV, "hunter2-in-the-environment")
-    files = every_rendered_file(ServerLayout(stage=stage, processes=2))
+    files = every_rendered_file(ServerLayout(proxy=stage == 4, processes=2))
     text = "\n".join(f.content for f in files.values())
     assert f"DB_HOST={TOKEN_HOST}\n" in files[render.ENV_FILE].content
     assert f"secret_arn='{TOKEN_SECRET}'" in files[render.FETCH_PASSWORD_SCRIPT].content
@@ -42,33 +42,82 @@ def test_tokens_pass_through_unchanged_and_no_password_is_rendered(stage, monkey
 
 
 def test_rendering_is_pure():
-    layout = ServerLayout(stage=4, processes=3)
+    layout = ServerLayout(proxy=True, processes=3)
     assert every_rendered_file(layout) == every_rendered_file(layout)
     assert render.app_server_commands(layout) == render.app_server_commands(layout)
-    assert layout == ServerLayout(stage=4, processes=3)
+    assert layout == ServerLayout(proxy=True, processes=3)
 
 
 def test_stages_1_to_3_run_one_process_and_stage_4_one_port_per_copy():
-    assert ServerLayout(stage=2, processes=8).processes == 1
-    assert ServerLayout(stage=4, processes=3).app_ports == [8001, 8002, 8003]
-    assert render.app_units(ServerLayout(stage=4, processes=2)) == ["app@8001.service", "app@8002.service"]
-    assert render.app_binds(ServerLayout(stage=1, processes=1)) == ["0.0.0.0:80"]
-    for bad in ({"stage": 5, "processes": 1}, {"stage": 4, "processes": 0},
-                {"stage": 4, "processes": 2, "service_port": 8002},
-                {"stage": 4, "processes": 1, "start_command": "myapp --port 8000"}):
+    assert ServerLayout(processes=8).processes == 1
+    assert ServerLayout(proxy=True, processes=3).app_ports == [8001, 8002, 8003]
+    assert render.app_units(ServerLayout(proxy=True, processes=2)) == ["app@8001.service", "app@8002.service"]
+    assert render.app_binds(ServerLayout(processes=1)) == ["0.0.0.0:80"]
+    for bad in ({"proxy": True, "processes": 0}, {"proxy": True, "processes": 2, "service_port": 8002},
+                {"app_root": "relative/path"}):
         with pytest.raises(ValueError):
             ServerLayout(**bad)
 
 
 def test_one_start_command_swaps_the_app():
-    layout = ServerLayout(stage=4, processes=2, start_command="/opt/webapp/venv/bin/myapp --listen {bind} --fmt 50%")
+    layout = ServerLayout(proxy=True, processes=2,
+                          app=AppSpec(start_command="/opt/webapp/venv/bin/myapp --listen {bind} --fmt 50%"))
     unit = render.app_server_files(layout, DATABASE)[f"{render.UNIT_DIR}/app@.service"].content
     assert "ExecStart=/opt/webapp/venv/bin/myapp --listen 127.0.0.1:%i --fmt 50%%\n" in unit
     assert render.app_start_command(layout, "127.0.0.1:8002") == "/opt/webapp/venv/bin/myapp --listen 127.0.0.1:8002 --fmt 50%"
 
 
+@pytest.mark.parametrize("bad", [
+    {"start_command": "myapp --port 8000"},                       # listens nowhere the layout says
+    {"start_command": "myapp --bind {bind} --log {logfile}"},     # an unknown placeholder
+    {"start_command": "myapp --bind {bind}\nrm -rf /"},           # two lines
+    {"health_path": "health"},
+    {"environment": {"lower": "x"}},
+    {"environment": {"DB_HOST": "elsewhere"}},                    # the platform's
+    {"environment": {"TOKEN": "a"}, "secrets": {"TOKEN": AppSecret(store="ssm", name="/t")}},
+    {"packages": ("bad package",)},
+])
+def test_the_app_contract_refuses_what_a_server_could_not_run(bad):
+    with pytest.raises(ValueError):
+        AppSpec(**bad)
+
+
+def test_the_app_contract_reaches_the_server_and_secrets_stay_references():
+    app = AppSpec(packages=("libpq", "logrotate"), environment={"GREETING": "hello"},
+                  secrets={"API_TOKEN": AppSecret(store="secretsmanager", name="prod/api", key="token"),
+                           "FLAG": AppSecret(store="ssm", name="/app/flag")})
+    layout = ServerLayout(app=app)
+    files = render.app_server_files(layout, LOCAL_DATABASE)
+    assert files[render.ENV_FILE].content.endswith("GREETING=hello\n")
+    assert "API_TOKEN" not in files[render.ENV_FILE].content and "FLAG" not in files[render.ENV_FILE].content
+    unit = files[f"{render.UNIT_DIR}/app.service"].content
+    assert f"EnvironmentFile={render.APP_SECRETS_FILE}\n" in unit
+    assert f"Requires={render.FETCH_APP_SECRETS_UNIT}\n" in unit
+    script = files[render.FETCH_APP_SECRETS_SCRIPT].content
+    assert '["API_TOKEN", "secretsmanager", "prod/api", "token"]' in script and '["FLAG", "ssm", "/app/flag", ""]' in script
+    assert files[render.FETCH_APP_SECRETS_SCRIPT].mode == "000700"
+    compile(script, "fetch-app-secrets", "exec")
+    packages = render.app_server_packages(layout, database=LOCAL_DATABASE)
+    assert packages.count("logrotate") == 1 and "libpq" in packages and "awscli-2" in packages
+    start = dict(render.app_server_commands(layout))["24-app-start"]
+    assert start.index(render.FETCH_APP_SECRETS_UNIT) < start.index("restart app.service")
+    # Without secrets, none of it.
+    plain = render.app_server_files(ServerLayout(), LOCAL_DATABASE)
+    assert render.FETCH_APP_SECRETS_SCRIPT not in plain
+    assert "EnvironmentFile=/run" not in plain[f"{render.UNIT_DIR}/app.service"].content
+
+
+def test_the_secrets_file_quotes_what_systemd_would_otherwise_expand(tmp_path):
+    """The rendered fetch script's quoting, run for real: systemd reads `\\`, `"`, `$` and backquotes literally."""
+    app = AppSpec(secrets={"ODD": AppSecret(store="ssm", name="/odd")})
+    script = render.app_server_files(ServerLayout(app=app), LOCAL_DATABASE)[render.FETCH_APP_SECRETS_SCRIPT].content
+    namespace: dict = {}
+    exec(script.split("\nlines = []")[0], namespace)  # the definitions, not the fetching
+    assert namespace["quoted"]('a"b$c`d\\e') == '"a\\"b\\$c\\`d\\\\e"'
+
+
 def test_stage_4_nginx_spreads_over_every_copy_and_retries():
-    conf = render.nginx_config(ServerLayout(stage=4, processes=3))
+    conf = render.nginx_config(ServerLayout(proxy=True, processes=3))
     for port in (8001, 8002, 8003):
         assert f"server 127.0.0.1:{port} max_fails=0;" in conf
     assert "proxy_next_upstream error timeout http_502 http_503;" in conf
@@ -77,7 +126,7 @@ def test_stage_4_nginx_spreads_over_every_copy_and_retries():
 
 
 def test_stage_1_server_has_database_then_app_with_shared_secret_fetch_once():
-    layout = ServerLayout(stage=1, processes=1)
+    layout = ServerLayout(processes=1)
     server = render.single_server_bootstrap(layout, LOCAL_DATABASE)
     names = [name for name, _ in server.commands]
     assert names == sorted(names) and names[0] == "10-database-setup"
@@ -104,7 +153,9 @@ def write_tree(root: Path, files: dict[str, render.ServerFile]) -> None:
 @pytest.mark.lab
 @pytest.mark.parametrize("stage", [1, 4])
 def test_rendered_units_pass_systemd_analyze_verify(stage, tmp_path, systemd_analyze):
-    layout = ServerLayout(stage=stage, processes=2)
+    # Stage 1 with the app's own secrets too: their unit and EnvironmentFile= must verify as well.
+    app = AppSpec(secrets={"API_TOKEN": AppSecret(store="ssm", name="/app/token")}) if stage == 1 else AppSpec()
+    layout = ServerLayout(proxy=stage == 4, processes=2, app=app)
     files = render.app_server_files(layout, LOCAL_DATABASE)
     write_tree(tmp_path, files)
     # What a server has by the time the units start: systemd's own units, and the app's venv
@@ -114,7 +165,8 @@ def test_rendered_units_pass_systemd_analyze_verify(stage, tmp_path, systemd_ana
     gunicorn.parent.mkdir(parents=True)
     gunicorn.write_text("#!/bin/sh\n")
     gunicorn.chmod(stat.S_IRWXU)
-    units = render.app_units(layout) + [render.FETCH_PASSWORD_UNIT]
+    units = render.app_units(layout) + [render.FETCH_PASSWORD_UNIT] + \
+        ([render.FETCH_APP_SECRETS_UNIT] if app.secrets else [])
     result = subprocess.run([systemd_analyze, "verify", f"--root={tmp_path}", *units],
                             check=False, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
@@ -133,7 +185,7 @@ def nginx_test(conf: Path, error_log: str, user: dict) -> subprocess.CompletedPr
 
 @pytest.mark.lab
 def test_lab_nginx_config_passes_nginx_t(tmp_path, nginx):
-    layout = ServerLayout(stage=4, processes=2, service_port=18080)
+    layout = ServerLayout(proxy=True, processes=2, service_port=18080)
     paths = render.NginxPaths(pid=str(tmp_path / "nginx.pid"), error_log=str(tmp_path / "error.log"),
                               access_log=str(tmp_path / "access.log"), temp_dir=str(tmp_path), user=None)
     conf = tmp_path / "nginx.conf"
@@ -156,7 +208,7 @@ def test_server_nginx_config_passes_nginx_t_under_a_prefix(unprivileged_dir, ngi
     """The server's config, except that its paths move under a prefix and it listens on a free
     port: `nginx -t` binds the listen address, and port 80 needs root."""
     prefix = unprivileged_dir
-    conf_text = render.nginx_config(ServerLayout(stage=4, processes=4, service_port=free_port()))
+    conf_text = render.nginx_config(ServerLayout(proxy=True, processes=4, service_port=free_port()))
     for field in dataclasses.fields(render.NginxPaths):
         value = getattr(render.NginxPaths(), field.name)
         if field.name != "user":
