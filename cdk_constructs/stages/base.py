@@ -47,8 +47,10 @@ class StageBase(Construct):
         self.database = None
 
     def server_layout(self) -> render.ServerLayout:
-        return render.ServerLayout(stage=int(self.config.stage), processes=self.config.servers.processes_per_server,
-                                   health_path=self.config.load_balancer.health_check_path)
+        app = render.AppSpec(health_path=self.config.load_balancer.health_check_path,
+                             environment={"APP_STAGE": str(int(self.config.stage))})
+        return render.ServerLayout(app=app, proxy=self.config.stage == 4,
+                                   processes=self.config.servers.processes_per_server)
 
     def add_outputs(self, *, url: str, session_manager_command: str) -> None:
         CfnOutput(self, "Url", value=url, description="Where the service answers").override_logical_id("Url")
