@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from aws_cdk import Duration
 from aws_cdk import aws_autoscaling as autoscaling
 from aws_cdk import aws_ec2 as ec2
@@ -12,7 +14,6 @@ from cdk_constructs import bootstrap
 from cdk_constructs.nag import acknowledge
 from cdk_constructs.server import (
     BOOT_SIGNAL_TIMEOUT,
-    KeyPairChoice,
     ServerRole,
     acknowledge_bootstrap_grants,
     allow_ssh_from_admins,
@@ -30,8 +31,8 @@ class AppServer(Construct):
 
     def __init__(self, scope: Construct, construct_id: str, *, vpc: ec2.IVpc, subnets: ec2.SubnetSelection,
                  instance_type: str, machine_image: ec2.IMachineImage, init: ec2.CloudFormationInit,
-                 service_port: int, key_pair: KeyPairChoice, admin_cidrs: tuple[str, ...], protect: bool,
-                 root_volume_gib: int) -> None:
+                 service_port: int, key_pair: ec2.IKeyPair | None, admin_cidrs: Sequence[str],
+                 termination_protection: bool, root_volume_gib: int) -> None:
         super().__init__(scope, construct_id)
         self.role = ServerRole(self, "Role").role
         self.security_group = ec2.SecurityGroup(self, "SecurityGroup", vpc=vpc, allow_all_outbound=True,
@@ -41,16 +42,16 @@ class AppServer(Construct):
             instance_type=ec2.InstanceType(instance_type), machine_image=machine_image,
             security_group=self.security_group, role=self.role, require_imdsv2=True,
             block_devices=[root_volume(root_volume_gib)], detailed_monitoring=True,
-            disable_api_termination=protect, key_pair=key_pair.key_pair,
+            disable_api_termination=termination_protection, key_pair=key_pair,
             # The Elastic IP is attached only after the instance has signalled success, and to
             # signal (and to fetch packages) at first boot it needs a public address already.
             associate_public_ip_address=True,
         )
         image_in_launch_template(self.instance)
-        if not protect:
+        if not termination_protection:
             acknowledge(self.instance, "AwsSolutions-EC29",
-                        "Non-production environments are torn down with cdk destroy; termination protection is "
-                        "on wherever operations.removal_policy keeps data.")
+                        "Termination protection is off by choice (servers.termination_protection): an environment "
+                        "torn down with cdk destroy; it is on wherever the environment keeps its data.")
         bootstrap.apply_with_in_place_updates(self.instance, init, signal_timeout=BOOT_SIGNAL_TIMEOUT)
         acknowledge_bootstrap_grants(self.role)
         self.elastic_ip = ec2.CfnEIP(self, "ElasticIp", instance_id=self.instance.instance_id,
@@ -78,8 +79,8 @@ class AppServerGroup(Construct):
 
     def __init__(self, scope: Construct, construct_id: str, *, vpc: ec2.IVpc, subnets: ec2.SubnetSelection,
                  instance_type: str, machine_image: ec2.IMachineImage, init: ec2.CloudFormationInit,
-                 min_servers: int, desired_servers: int, max_servers: int, key_pair: KeyPairChoice,
-                 admin_cidrs: tuple[str, ...], root_volume_gib: int, notifications: sns.ITopic,
+                 min_servers: int, desired_servers: int, max_servers: int, key_pair: ec2.IKeyPair | None,
+                 admin_cidrs: Sequence[str], root_volume_gib: int, notifications: sns.ITopic,
                  health_check_grace_minutes: int = 5) -> None:
         super().__init__(scope, construct_id)
         self.role = ServerRole(self, "Role").role
@@ -90,7 +91,7 @@ class AppServerGroup(Construct):
             instance_type=ec2.InstanceType(instance_type), machine_image=machine_image,
             security_group=self.security_group, role=self.role, require_imdsv2=True,
             block_devices=[group_root_volume(root_volume_gib)], instance_monitoring=autoscaling.Monitoring.DETAILED,
-            key_pair=key_pair.key_pair,
+            key_pair=key_pair,
             min_capacity=min_servers, desired_capacity=desired_servers, max_capacity=max_servers,
             init=init, init_options=bootstrap.init_options_for_group(),
             signals=autoscaling.Signals.wait_for_min_capacity(timeout=BOOT_SIGNAL_TIMEOUT),

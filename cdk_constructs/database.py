@@ -6,8 +6,6 @@ the servers that were granted it; it never appears in the template or in user da
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 from aws_cdk import Duration, RemovalPolicy, Size, Stack
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_iam as iam
@@ -21,9 +19,9 @@ from cdk_constructs.nag import acknowledge
 from cdk_constructs.naming import stack_id_suffix
 from cdk_constructs.network import RETENTION_DAYS
 from cdk_constructs.observability import ServerLogs
+from cdk_constructs.props import DatabaseProps
 from cdk_constructs.server import (
     BOOT_SIGNAL_TIMEOUT,
-    KeyPairChoice,
     ServerRole,
     image_in_launch_template,
     root_volume,
@@ -37,49 +35,42 @@ class Database(Construct):
     """PostgreSQL reachable only from what the caller allows (`connections.allow_default_port_from`).
 
     Exposes `connections`, `secret`, `endpoint` (an `app_tier.render.DatabaseEndpoint` for the
-    app servers), and `instance` (the RDS instance) or `server` + `data_volume` (EC2).
-    `boot_dependencies`: what the EC2 server needs in place before it boots (the VPC's
-    interface endpoints, when its subnet has no other way out).
+    app servers), and `instance` (the RDS instance) or `server` + `data_volume` (EC2), as
+    `props` (a `DatabaseProps`) describe. The EC2 server goes in the first subnet `subnets` selects.
     """
 
-    def __init__(self, scope: Construct, construct_id: str, *, kind: str, vpc: ec2.IVpc,
-                 subnets: ec2.SubnetSelection, instance_type: str, machine_image: ec2.IMachineImage,
-                 storage_gib: int, name: str, user: str, port: int, removal_policy: RemovalPolicy,
-                 protect: bool, backup_retention_days: int, key_pair: KeyPairChoice | None = None,
-                 multi_az: bool = False, server_logs: ServerLogs | None = None,
-                 log_retention_days: int = 30, boot_dependencies: Sequence[Construct] = ()) -> None:
+    def __init__(self, scope: Construct, construct_id: str, *, props: DatabaseProps, vpc: ec2.IVpc,
+                 subnets: ec2.SubnetSelection, machine_image: ec2.IMachineImage,
+                 key_pair: ec2.IKeyPair | None = None, server_logs: ServerLogs | None = None) -> None:
         super().__init__(scope, construct_id)
-        self.kind = kind
-        self.port = port
+        self.kind = props.kind
+        self.port = props.port
+        if props.kind not in ("ec2", "rds"):
+            raise ValueError(f"database kind must be 'ec2' or 'rds', got {props.kind!r}")
         # DatabaseSecret: a generated password in JSON {"username","password"} without the
         # characters PostgreSQL connection strings trip over.
-        self.secret = rds.DatabaseSecret(self, "Secret", username=user)
-        self.secret.apply_removal_policy(RemovalPolicy.RETAIN if protect else RemovalPolicy.DESTROY)
+        self.secret = rds.DatabaseSecret(self, "Secret", username=props.user)
+        self.secret.apply_removal_policy(
+            RemovalPolicy.DESTROY if props.removal_policy == RemovalPolicy.DESTROY else RemovalPolicy.RETAIN)
         acknowledge(self.secret, "AwsSolutions-SMG4",
                     "Rotation needs a Lambda function inside the VPC; the servers read the secret only at boot, "
                     "so rotate it with a rolling replacement (README: Rotating the database password).")
         region = Stack.of(self).region
         self.security_group = ec2.SecurityGroup(self, "SecurityGroup", vpc=vpc, allow_all_outbound=False,
                                                 description="PostgreSQL: reachable only from the app servers")
-        if kind == "rds":
-            self._build_rds(vpc=vpc, subnets=subnets, instance_type=instance_type, storage_gib=storage_gib,
-                            name=name, port=port, removal_policy=removal_policy, protect=protect,
-                            backup_retention_days=backup_retention_days, multi_az=multi_az,
-                            log_retention_days=log_retention_days)
+        if props.kind == "rds":
+            self._build_rds(props, vpc=vpc, subnets=subnets)
             host = self.instance.db_instance_endpoint_address
         else:
-            self._build_ec2(vpc=vpc, subnets=subnets, instance_type=instance_type, machine_image=machine_image,
-                            storage_gib=storage_gib, name=name, user=user, port=port, region=region,
-                            removal_policy=removal_policy, protect=protect, key_pair=key_pair,
-                            server_logs=server_logs, boot_dependencies=boot_dependencies)
+            self._build_ec2(props, vpc=vpc, subnets=subnets, machine_image=machine_image, region=region,
+                            key_pair=key_pair, server_logs=server_logs)
             host = self.server.instance_private_ip
-        self.endpoint = render.DatabaseEndpoint(host=host, port=port, name=name, user=user,
+        self.endpoint = render.DatabaseEndpoint(host=host, port=props.port, name=props.name, user=props.user,
                                                 secret_arn=self.secret.secret_arn, region=region)
         self.connections = ec2.Connections(security_groups=[self.security_group],
-                                           default_port=ec2.Port.tcp(port))
+                                           default_port=ec2.Port.tcp(props.port))
 
-    def _build_rds(self, *, vpc, subnets, instance_type, storage_gib, name, port, removal_policy, protect,
-                   backup_retention_days, multi_az, log_retention_days) -> None:
+    def _build_rds(self, props: DatabaseProps, *, vpc: ec2.IVpc, subnets: ec2.SubnetSelection) -> None:
         # RDS creates its log group on first export, with no expiry; CDK's retention setting
         # needs a Lambda custom resource. A fixed identifier lets the stack own the group instead.
         # A custom name also makes CloudFormation refuse a silent replacement of the instance.
@@ -87,22 +78,22 @@ class Database(Construct):
         # re-created stack gets a new one instead of "already exists".
         identifier = f"{Stack.of(self).stack_name}-database-{stack_id_suffix(self)}"
         self.log_group = logs.LogGroup(self, "Logs", log_group_name=f"/aws/rds/instance/{identifier}/postgresql",
-                                       retention=RETENTION_DAYS[log_retention_days],
+                                       retention=RETENTION_DAYS[props.log_retention_days],
                                        # log groups have no snapshot: keep them instead
-                                       removal_policy=RemovalPolicy.RETAIN if removal_policy == RemovalPolicy.SNAPSHOT
-                                       else removal_policy)
+                                       removal_policy=RemovalPolicy.RETAIN
+                                       if props.removal_policy == RemovalPolicy.SNAPSHOT else props.removal_policy)
         self.instance = rds.DatabaseInstance(
             self, "Instance", instance_identifier=identifier,
             engine=rds.DatabaseInstanceEngine.postgres(version=rds.PostgresEngineVersion.VER_17_9),
-            instance_type=ec2.InstanceType(instance_type),
+            instance_type=ec2.InstanceType(props.instance_type),
             vpc=vpc, vpc_subnets=subnets, security_groups=[self.security_group],
             credentials=rds.Credentials.from_secret(self.secret),
-            database_name=name, port=port,
-            allocated_storage=storage_gib, storage_type=rds.StorageType.GP3, storage_encrypted=True,
-            multi_az=multi_az,
-            backup_retention=Duration.days(backup_retention_days),
-            deletion_protection=protect,
-            removal_policy=removal_policy,
+            database_name=props.name, port=props.port,
+            allocated_storage=props.storage_gib, storage_type=rds.StorageType.GP3, storage_encrypted=True,
+            multi_az=props.multi_az,
+            backup_retention=Duration.days(props.backup_retention_days),
+            deletion_protection=props.deletion_protection,
+            removal_policy=props.removal_policy,
             iam_authentication=True,
             cloudwatch_logs_exports=["postgresql"],
             auto_minor_version_upgrade=True,
@@ -112,22 +103,25 @@ class Database(Construct):
         self.server = None
         self.data_volume = None
 
-    def _build_ec2(self, *, vpc, subnets, instance_type, machine_image, storage_gib, name, user, port, region,
-                   removal_policy, protect, key_pair, server_logs, boot_dependencies) -> None:
+    def _build_ec2(self, props: DatabaseProps, *, vpc: ec2.IVpc, subnets: ec2.SubnetSelection,
+                   machine_image: ec2.IMachineImage, region: str, key_pair: ec2.IKeyPair | None,
+                   server_logs: ServerLogs | None) -> None:
         self.instance = None
         # The data lives on its own volume so that replacing the server (a new AMI, a bigger
         # type) never replaces the data, and AWS Backup can snapshot just the data.
-        subnet = vpc.select_subnets(subnet_type=ec2.SubnetType.PRIVATE_ISOLATED).subnets[0]
+        subnet = vpc.select_subnets(subnet_type=subnets.subnet_type, subnet_group_name=subnets.subnet_group_name,
+                                    subnets=subnets.subnets, availability_zones=subnets.availability_zones,
+                                    one_per_az=subnets.one_per_az, subnet_filters=subnets.subnet_filters).subnets[0]
         self.data_volume = ec2.Volume(self, "Data", availability_zone=subnet.availability_zone,
-                                      size=Size.gibibytes(storage_gib), volume_type=ec2.EbsDeviceVolumeType.GP3,
-                                      encrypted=True, removal_policy=removal_policy)
+                                      size=Size.gibibytes(props.storage_gib), volume_type=ec2.EbsDeviceVolumeType.GP3,
+                                      encrypted=True, removal_policy=props.removal_policy)
         self.role = ServerRole(self, "Role").role
         self.server = ec2.Instance(
             self, "Server", vpc=vpc, vpc_subnets=ec2.SubnetSelection(subnets=[subnet]),
-            instance_type=ec2.InstanceType(instance_type), machine_image=machine_image,
+            instance_type=ec2.InstanceType(props.instance_type), machine_image=machine_image,
             security_group=self.security_group, role=self.role, require_imdsv2=True,
-            block_devices=[root_volume(16)], detailed_monitoring=True, disable_api_termination=protect,
-            key_pair=key_pair.key_pair if key_pair else None,
+            block_devices=[root_volume(props.server_root_volume_gib)], detailed_monitoring=True,
+            disable_api_termination=props.deletion_protection, key_pair=key_pair,
         )
         image_in_launch_template(self.server)
         # cfn-init, cfn-signal, the CloudWatch agent and the package mirrors all speak HTTPS. The
@@ -136,12 +130,12 @@ class Database(Construct):
         # (synth stays offline), hence 0.0.0.0/0 on 443 only.
         self.security_group.add_egress_rule(ec2.Peer.any_ipv4(), ec2.Port.tcp(443),
                                             "HTTPS to the VPC endpoints (no internet route from this subnet)")
-        for dependency in boot_dependencies:
+        for dependency in props.boot_dependencies:
             self.server.instance.node.add_dependency(dependency)
-        if not protect:
+        if not props.deletion_protection:
             acknowledge(self.server, "AwsSolutions-EC29",
-                        "Non-production environments are torn down with cdk destroy; termination protection is "
-                        "on wherever operations.removal_policy keeps data.")
+                        "Termination protection is off by choice (deletion_protection): an environment torn down "
+                        "with cdk destroy; it is on wherever the environment keeps its data.")
         # The server attaches its own data volume at boot: an AWS::EC2::VolumeAttachment would
         # wait for the instance's creation signal, which in turn waits for the volume.
         self.data_volume.grant_attach_volume_by_resource_tag(self.role, [self.server])
@@ -152,7 +146,8 @@ class Database(Construct):
         self.secret.grant_read(self.role)
         # PostgreSQL answers only the VPC; the security group narrows it to the app servers.
         allowed_cidr = vpc.vpc_cidr_block
-        self.endpoint_for_server = render.DatabaseEndpoint(host="0.0.0.0", port=port, name=name, user=user,
+        self.endpoint_for_server = render.DatabaseEndpoint(host="0.0.0.0", port=props.port, name=props.name,
+                                                           user=props.user,
                                                            secret_arn=self.secret.secret_arn, region=region)
         attach = (
             "attach-data-volume",

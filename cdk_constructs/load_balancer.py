@@ -45,10 +45,12 @@ class WebLoadBalancer(Construct):
 
     def __init__(self, scope: Construct, construct_id: str, *, vpc: ec2.IVpc, subnets: ec2.SubnetSelection,
                  target_port: int, health_check_path: str, deregistration_delay: Duration,
-                 certificate_arn: str, protect: bool, auto_delete_logs: bool) -> None:
+                 certificate: acm.ICertificate | None = None, deletion_protection: bool = True,
+                 access_logs_removal_policy: RemovalPolicy = RemovalPolicy.RETAIN,
+                 auto_delete_logs: bool = False) -> None:
         super().__init__(scope, construct_id)
         self.target_port = target_port
-        removal = RemovalPolicy.RETAIN if protect else RemovalPolicy.DESTROY
+        removal = access_logs_removal_policy
         # The access-log bucket logs its own access to a second bucket, which is where the
         # chain has to stop.
         self.server_access_logs = _log_bucket(self, "AccessLogsAudit", removal_policy=removal,
@@ -65,7 +67,7 @@ class WebLoadBalancer(Construct):
                     "The internet-facing load balancer is the service's front door: only ports 80 and 443 are open.")
         self.load_balancer = elbv2.ApplicationLoadBalancer(
             self, "Alb", vpc=vpc, vpc_subnets=subnets, internet_facing=True, security_group=self.security_group,
-            drop_invalid_header_fields=True, deletion_protection=protect,
+            drop_invalid_header_fields=True, deletion_protection=deletion_protection,
             desync_mitigation_mode=elbv2.DesyncMitigationMode.DEFENSIVE,
             http2_enabled=True, idle_timeout=Duration.seconds(60),
         )
@@ -81,8 +83,7 @@ class WebLoadBalancer(Construct):
                 healthy_threshold_count=HEALTHY_THRESHOLD, unhealthy_threshold_count=UNHEALTHY_THRESHOLD,
                 healthy_http_codes="200"),
         )
-        if certificate_arn:
-            certificate = acm.Certificate.from_certificate_arn(self, "Certificate", certificate_arn)
+        if certificate is not None:
             self.listener = self.load_balancer.add_listener(
                 "Https", port=443, protocol=elbv2.ApplicationProtocol.HTTPS, certificates=[certificate],
                 ssl_policy=elbv2.SslPolicy.RECOMMENDED_TLS, default_target_groups=[self.target_group], open=True)

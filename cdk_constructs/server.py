@@ -6,7 +6,7 @@ security default (IMDSv2, encrypted gp3, Session Manager instead of SSH) is set 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
 
 import jsii
 from aws_cdk import AspectPriority, Aspects, Duration, IAspect, Stack
@@ -144,30 +144,10 @@ class ServerRole(Construct):
                     "AWS managed policy.")
 
 
-@dataclass(frozen=True)
-class KeyPairChoice:
-    """The server key pair: none (Session Manager only), created here, or an existing one."""
-
-    key_pair: ec2.IKeyPair | None
-    parameter_name: str | None   # SSM parameter holding a created key pair's private key
-
-    @classmethod
-    def build(cls, scope: Construct, *, mode: str, existing_name: str, name_prefix: str) -> KeyPairChoice:
-        if mode == "create":
-            # ec2.KeyPair keeps the private key in SSM Parameter Store (/ec2/keypair/<id>),
-            # never in the template.
-            key = ec2.KeyPair(scope, "KeyPair", key_pair_name=f"{name_prefix}-servers",
-                              type=ec2.KeyPairType.ED25519)
-            return cls(key, f"/ec2/keypair/{key.key_pair_id}")
-        if mode == "existing":
-            return cls(ec2.KeyPair.from_key_pair_name(scope, "KeyPair", existing_name), None)
-        return cls(None, None)
-
-
-def allow_ssh_from_admins(connections: ec2.Connections, *, admin_cidrs: tuple[str, ...],
-                          key_pair: KeyPairChoice) -> None:
+def allow_ssh_from_admins(connections: ec2.Connections, *, admin_cidrs: Sequence[str],
+                          key_pair: ec2.IKeyPair | None) -> None:
     """Port 22 opens only when there is a key to log in with, and only to the admin ranges."""
-    if key_pair.key_pair is None:
+    if key_pair is None:
         return
     for cidr in admin_cidrs:
         connections.allow_from(ec2.Peer.ipv4(cidr), ec2.Port.tcp(22), f"SSH from admin range {cidr}")

@@ -2,31 +2,35 @@
 
 from __future__ import annotations
 
-from aws_cdk import Environment, RemovalPolicy, Stack, Tags
-from aws_cdk import aws_iam as iam
-from aws_cdk import aws_kms as kms
-from aws_cdk import aws_sns as sns
+from aws_cdk import Annotations, CfnOutput, Environment, RemovalPolicy, Stack, Tags
+from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_sns_subscriptions as subscriptions
 from constructs import Construct
 
 from cdk_constructs.backup import DataBackup
 from cdk_constructs.monitoring import ServiceMonitoring
 from cdk_constructs.network import RETENTION_DAYS, Network
+from cdk_constructs.notifications import encrypted_topic
 from cdk_constructs.observability import ServerLogs
-from cdk_constructs.stages import STAGES
-from envconfig import EnvironmentConfig, Stage
+from cdk_constructs.stages import STAGES, MultiProcess
+from envconfig import EnvironmentConfig
+from stacks import config_mapping as mapping
 
 
 class WebServiceStack(Stack):
-    """Composes; builds nothing itself. Construct IDs here are a contract (see tests/test_logical_ids.py)."""
+    """Composes; builds nothing itself. Construct IDs here are a contract (see tests/test_logical_ids.py).
+
+    The stage construct comes from `config.stage`; its props come from stacks/config_mapping.py."""
 
     def __init__(self, scope: Construct, *, config: EnvironmentConfig, target: str = "aws") -> None:
+        stage_class = STAGES[int(config.stage)]
         env = Environment(account=config.account, region=config.region) if config.account else \
             Environment(region=config.region)
         super().__init__(scope, config.stack_name, env=env,
                          description=f"{config.project} {config.name}: stage {int(config.stage)} "
-                                     f"({STAGES[int(config.stage)].__name__})",
+                                     f"({stage_class.__name__})",
                          termination_protection=config.is_production)
+        self.config = config
         self._azs = list(config.network.availability_zones)
         custom_resources = target != "emulator" or config.emulator.custom_resources
         stateful_removal = RemovalPolicy.RETAIN if config.is_production else RemovalPolicy.DESTROY
@@ -38,42 +42,59 @@ class WebServiceStack(Stack):
             nat_gateways=config.network.nat_gateways, interface_endpoints=config.network.interface_endpoints,
             flow_log_retention=RETENTION_DAYS[config.network.flow_log_retention_days],
             restrict_default_security_group=custom_resources, flow_log_removal=stateful_removal)
-        self.alarm_topic = self._alarm_topic()
+        self.alarm_topic = encrypted_topic(self, key_id="AlarmTopicKey", topic_id="Alarms",
+                                           display_name=f"{self.stack_name} alarms")
         if config.operations.alarm_email:
             self.alarm_topic.add_subscription(subscriptions.EmailSubscription(config.operations.alarm_email))
         self.server_logs = ServerLogs(self, "Logs", prefix=config.stack_name,
                                       retention_days=config.operations.log_retention_days,
                                       removal_policy=stateful_removal,
-                                      nginx=config.stage == Stage.MULTI_PROCESS,
+                                      nginx=stage_class is MultiProcess,
                                       postgresql=config.database.kind == "ec2")
-        self.service = STAGES[int(config.stage)](
-            self, "Service", config=config, network=self.network, notifications=self.alarm_topic,
-            server_logs=self.server_logs, custom_resources_allowed=custom_resources)
+        key_pair = self._key_pair(config)
+        props = {
+            "vpc": self.network.vpc, "app": mapping.app_spec(config),
+            "servers": mapping.server_props(config, key_pair=key_pair), "subnets": mapping.subnets(self.network),
+            "domain": mapping.domain(self, config), "logs": self.server_logs,
+            "database": mapping.database_props(config, self.network),
+        }
+        if config.stage.load_balanced:
+            props["load_balancer"] = mapping.load_balancer_props(self, config, custom_resources=custom_resources)
+            props["notifications"] = self.alarm_topic
+        if stage_class is MultiProcess:
+            props["processes_per_server"] = mapping._interim(config).app.processes_per_server
+        self.service = stage_class(self, "Service", **props)
         self.monitoring = ServiceMonitoring(self, "Monitoring", name=config.stack_name, topic=self.alarm_topic)
         self.service.watch(self.monitoring)
         backed_up = self.service.backed_up_resources()
         if backed_up:
             self.backup = DataBackup(self, "Backup", resources=backed_up,
                                      retention_days=config.operations.backup_retention_days)
+        if config.is_production and not self.service.url.startswith("https://"):
+            Annotations.of(self).add_warning_v2(
+                "staged-web:production-without-https",
+                f"environment {config.name!r} keeps its data (operations.removal_policy = "
+                f"{config.operations.removal_policy!r}) but serves plain HTTP: set domain.name and "
+                "domain.hosted_zone_id in its config (README: HTTPS by domain).")
+
+    def _key_pair(self, config: EnvironmentConfig) -> ec2.IKeyPair | None:
+        """None (Session Manager only), a key pair created here, or an existing one by name."""
+        if config.access.key_pair == "create":
+            # ec2.KeyPair keeps the private key in SSM Parameter Store (/ec2/keypair/<id>), never in the template.
+            key = ec2.KeyPair(self, "KeyPair", key_pair_name=f"{config.stack_name}-servers",
+                              type=ec2.KeyPairType.ED25519)
+            # The logical ID it had when the stage built it: a new one would replace the key pair.
+            key.node.default_child.override_logical_id("ServiceKeyPair0150B796")
+            CfnOutput(self, "KeyPairParameter", value=f"/ec2/keypair/{key.key_pair_id}",
+                      description="SSM parameter holding the created key pair's private key").override_logical_id(
+                          "KeyPairParameter")
+            return key
+        if config.access.key_pair == "existing":
+            return ec2.KeyPair.from_key_pair_name(self, "KeyPair", config.access.key_pair_name)
+        return None
 
     @property
     def availability_zones(self) -> list[str]:
         # The AZs come from config. Without this override a stack with an account would look
         # them up at synth time, which needs credentials.
         return self._azs
-
-    def _alarm_topic(self) -> sns.Topic:
-        # Alarms and Auto Scaling notifications publish to an encrypted topic; the AWS-managed
-        # SNS key cannot be used by CloudWatch or Auto Scaling, so the key is the stack's own.
-        key = kms.Key(self, "AlarmTopicKey", enable_key_rotation=True,
-                      description="Encrypts the alarm and scaling notification topic")
-        key.grant(iam.ServicePrincipal("cloudwatch.amazonaws.com"), "kms:Decrypt", "kms:GenerateDataKey*")
-        # Auto Scaling publishes as its service-linked role, which may not exist yet in a new
-        # account: name it in a condition, not as a principal (a missing principal fails the policy).
-        key.add_to_resource_policy(iam.PolicyStatement(
-            principals=[iam.AnyPrincipal()], actions=["kms:Decrypt", "kms:GenerateDataKey*"], resources=["*"],
-            conditions={"ArnEquals": {"aws:PrincipalArn": self.format_arn(
-                service="iam", region="", resource="role",
-                resource_name="aws-service-role/autoscaling.amazonaws.com/AWSServiceRoleForAutoScaling")}}))
-        return sns.Topic(self, "Alarms", master_key=key, enforce_ssl=True,
-                         display_name=f"{self.stack_name} alarms")

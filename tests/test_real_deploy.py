@@ -20,7 +20,7 @@ BACKED_UP = ["dev", "staging", "stage2ec2", "https"]
 
 
 def _config(cdk_app, env):
-    return cdk_app[1][env].service.config
+    return cdk_app[1][env].config
 
 
 def _database_server(template: dict) -> tuple[str, dict]:

@@ -17,7 +17,7 @@ PUBLIC_CIDRS = {"0.0.0.0/0", "::/0"}
 
 
 def _config(cdk_app, env):
-    return cdk_app[1][env].service.config
+    return cdk_app[1][env].config
 
 
 @pytest.mark.parametrize("env", ALL)
@@ -103,7 +103,7 @@ def test_stateful_stores_are_encrypted(synthesized_templates, env):
     template = synthesized_templates[env]
     for db in resources(template, "AWS::RDS::DBInstance").values():
         assert db["Properties"]["StorageEncrypted"] is True
-        assert db["Properties"]["PubliclyAccessible"] is False if "PubliclyAccessible" in db["Properties"] else True
+        assert db["Properties"].get("PubliclyAccessible") is False, "RDS must say it is not public, not default it"
     for bucket in resources(template, "AWS::S3::Bucket").values():
         assert bucket["Properties"]["BucketEncryption"]
         assert bucket["Properties"]["PublicAccessBlockConfiguration"]["RestrictPublicBuckets"] is True
@@ -141,8 +141,7 @@ def test_servers_signal_cfn_init_completion_with_a_realistic_timeout(synthesized
     servers = resources(template, "AWS::EC2::Instance") | resources(template, "AWS::AutoScaling::AutoScalingGroup")
     for lid, res in servers.items():
         assert res["CreationPolicy"]["ResourceSignal"]["Timeout"] == "PT20M", lid
-        assert "AWS::CloudFormation::Init" in json.dumps(res.get("Metadata", {})) or \
-            "AWS::CloudFormation::Init" in json.dumps(template["Resources"]), lid
+        assert "AWS::CloudFormation::Init" in res.get("Metadata", {}), f"{lid} has no Init of its own"
     user_data = [json.dumps(r["Properties"].get("LaunchTemplateData", r["Properties"])["UserData"])
                  for r in list(resources(template, "AWS::EC2::LaunchTemplate").values())
                  + list(resources(template, "AWS::EC2::Instance").values())

@@ -2,54 +2,51 @@
 
 from __future__ import annotations
 
-from aws_cdk import Duration
+from aws_cdk import aws_backup as backup
+from aws_cdk import aws_ec2 as ec2
+from aws_cdk import aws_sns as sns
+from constructs import Construct
 
-from cdk_constructs import bootstrap
-from cdk_constructs.app_servers import AppServerGroup
-from cdk_constructs.load_balancer import WebLoadBalancer
-from cdk_constructs.stages.separate_database import DatabaseStage
+from app_tier import render
+from cdk_constructs.database import Database
+from cdk_constructs.monitoring import ServiceMonitoring
+from cdk_constructs.observability import ServerLogs
+from cdk_constructs.props import DatabaseProps, Domain, LoadBalancerProps, ServerProps, Subnets
+from cdk_constructs.stages import parts
+from cdk_constructs.stages.fleet import LoadBalancedFleet
 
 
-class LoadBalanced(DatabaseStage):
-    """ALB (public subnets) → app servers (private subnets) → database (isolated subnets).
+class LoadBalanced(Construct):
+    """ALB (public subnets) -> app servers (private subnets) -> database (isolated subnets).
 
     Only the ALB's security group reaches the app port; only the app servers' reaches the
-    database. The group replaces servers the ALB health check finds dead.
+    database. The group replaces servers the ALB health check finds dead, and scales on requests
+    per server and on CPU. Each server runs one copy of the app, which the ALB targets directly.
+    `notifications`: where the group reports launches, terminations and failures (optional).
+    Exposes `vpc`, `app_servers` (an `AppServerGroup`), `database`, `load_balancer` (a
+    `WebLoadBalancer`), `url`, `connections` (the load balancer's) and `layout`.
     """
 
-    def __init__(self, scope, construct_id, **kwargs) -> None:
-        super().__init__(scope, construct_id, **kwargs)
-        cfg = self.config
-        database = self.build_database()
-        layout = self.server_layout()
-        self.load_balancer = WebLoadBalancer(
-            self, "LoadBalancer", vpc=self.network.vpc, subnets=self.network.public_subnets,
-            target_port=layout.service_port, health_check_path=cfg.load_balancer.health_check_path,
-            deregistration_delay=Duration.seconds(cfg.load_balancer.deregistration_delay_seconds),
-            certificate_arn=cfg.load_balancer.certificate_arn, protect=self.protect,
-            auto_delete_logs=not self.protect and self.custom_resources_allowed)
-        self.app_servers = AppServerGroup(
-            self, "AppServers", vpc=self.network.vpc, subnets=self.network.app_subnets,
-            instance_type=cfg.servers.instance_type, machine_image=self.machine_image,
-            init=bootstrap.app_server_init(layout, database.endpoint, agent=self.app_agent()),
-            min_servers=cfg.servers.min_servers, desired_servers=cfg.servers.desired_servers,
-            max_servers=cfg.servers.max_servers, key_pair=self.key_pair, admin_cidrs=cfg.access.admin_cidrs,
-            root_volume_gib=cfg.servers.root_volume_gib, notifications=self.notifications)
-        self.load_balancer.add_targets(self.app_servers)
-        self.connect_database(self.app_servers)
-        self.server_logs.grant(self.app_servers.role, server="AppServers")
-        # Scale out on load per server and on CPU; whichever asks for more servers wins.
-        # During a rolling update the group suspends AlarmNotification, so scaling waits.
-        self.app_servers.group.scale_on_request_count(
-            "RequestsPerServer", target_requests_per_minute=cfg.load_balancer.target_requests_per_server)
-        self.app_servers.group.scale_on_cpu_utilization(
-            "CpuUtilization", target_utilization_percent=cfg.load_balancer.target_cpu_percent)
-        self.add_outputs(url=self.load_balancer.url,
-                         session_manager_command=self.app_servers.session_manager_command(self.region))
+    STAGE = 3
 
-    def watch(self, monitoring) -> None:
-        monitoring.watch_load_balancer(self.load_balancer.load_balancer, self.load_balancer.target_group)
-        monitoring.watch_auto_scaling_group(self.app_servers.group)
-        monitoring.watch_servers("App servers",
-                                 dimensions={"AutoScalingGroupName": self.app_servers.group.auto_scaling_group_name})
-        self.watch_database(monitoring)
+    def __init__(self, scope: Construct, construct_id: str, *, vpc: ec2.IVpc, app: render.AppSpec,
+                 servers: ServerProps | None = None, database: DatabaseProps | Database | None = None,
+                 load_balancer: LoadBalancerProps | None = None, subnets: Subnets | None = None,
+                 domain: Domain | None = None, notifications: sns.ITopic | None = None,
+                 logs: ServerLogs | None = None) -> None:
+        super().__init__(scope, construct_id)
+        self.vpc = vpc
+        self.layout = parts.server_layout(app, stage=self.STAGE)
+        fleet = LoadBalancedFleet(self, layout=self.layout, vpc=vpc, servers=servers or ServerProps(),
+                                  database=database or DatabaseProps(), load_balancer=load_balancer,
+                                  subnets=subnets or Subnets(), domain=domain, notifications=notifications,
+                                  logs=logs)
+        self.logs, self.database, self.load_balancer, self.app_servers = \
+            fleet.logs, fleet.database, fleet.load_balancer, fleet.app_servers
+        self.connections, self.url = self.load_balancer.connections, fleet.url
+
+    def watch(self, monitoring: ServiceMonitoring) -> None:
+        LoadBalancedFleet.watch(self, monitoring)
+
+    def backed_up_resources(self) -> list[backup.BackupResource]:
+        return parts.database_backups(self.database)

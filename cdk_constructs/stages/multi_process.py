@@ -1,12 +1,50 @@
-"""Stage 4: stage 3, with N app processes per server behind an in-server nginx."""
+"""Stage 4: stage 3, with several app processes per server behind an in-server nginx."""
 
 from __future__ import annotations
 
-from cdk_constructs.stages.load_balanced import LoadBalanced
+from aws_cdk import aws_backup as backup
+from aws_cdk import aws_ec2 as ec2
+from aws_cdk import aws_sns as sns
+from constructs import Construct
+
+from app_tier import render
+from cdk_constructs.database import Database
+from cdk_constructs.monitoring import ServiceMonitoring
+from cdk_constructs.observability import ServerLogs
+from cdk_constructs.props import DatabaseProps, Domain, LoadBalancerProps, ServerProps, Subnets
+from cdk_constructs.stages import parts
+from cdk_constructs.stages.fleet import LoadBalancedFleet
 
 
-class MultiProcess(LoadBalanced):
-    """The same ALB, group and database as stage 3 (same construct IDs, so moving from stage 3
-    to 4 replaces no stateful resource); each server runs `processes_per_server` copies of the
-    app behind nginx, which the ALB targets. The difference lives in the server layout that
-    `app_tier.render` turns into files."""
+class MultiProcess(Construct):
+    """The ALB, group and database of stage 3 (the same construct IDs, so growing from stage 3 to 4
+    replaces no stateful resource); each server runs `processes_per_server` copies of the app on
+    loopback behind nginx, which the ALB targets. What makes stage 4 is this class: the proxy and
+    the copies are there whatever else the props say.
+
+    Exposes `vpc`, `app_servers`, `database`, `load_balancer`, `url`, `connections` and `layout`.
+    """
+
+    STAGE = 4
+
+    def __init__(self, scope: Construct, construct_id: str, *, vpc: ec2.IVpc, app: render.AppSpec,
+                 processes_per_server: int = 2, servers: ServerProps | None = None,
+                 database: DatabaseProps | Database | None = None, load_balancer: LoadBalancerProps | None = None,
+                 subnets: Subnets | None = None, domain: Domain | None = None,
+                 notifications: sns.ITopic | None = None, logs: ServerLogs | None = None) -> None:
+        super().__init__(scope, construct_id)
+        self.vpc = vpc
+        self.layout = parts.server_layout(app, stage=self.STAGE, proxy=True, processes=processes_per_server)
+        fleet = LoadBalancedFleet(self, layout=self.layout, vpc=vpc, servers=servers or ServerProps(),
+                                  database=database or DatabaseProps(), load_balancer=load_balancer,
+                                  subnets=subnets or Subnets(), domain=domain, notifications=notifications,
+                                  logs=logs)
+        self.logs, self.database, self.load_balancer, self.app_servers = \
+            fleet.logs, fleet.database, fleet.load_balancer, fleet.app_servers
+        self.connections, self.url = self.load_balancer.connections, fleet.url
+
+    def watch(self, monitoring: ServiceMonitoring) -> None:
+        LoadBalancedFleet.watch(self, monitoring)
+
+    def backed_up_resources(self) -> list[backup.BackupResource]:
+        return parts.database_backups(self.database)

@@ -2,62 +2,67 @@
 
 from __future__ import annotations
 
+from aws_cdk import Stack
 from aws_cdk import aws_backup as backup
+from aws_cdk import aws_ec2 as ec2
+from aws_cdk import aws_route53 as route53
+from constructs import Construct
 
+from app_tier import render
 from cdk_constructs import bootstrap
-from cdk_constructs.database import DATA_MOUNT, Database
-from cdk_constructs.stages.base import StageBase
+from cdk_constructs.app_servers import AppServer
+from cdk_constructs.database import Database
+from cdk_constructs.monitoring import ServiceMonitoring
+from cdk_constructs.observability import ServerLogs
+from cdk_constructs.props import DatabaseProps, Domain, ServerProps, Subnets
+from cdk_constructs.stages import parts
 
 
-class DatabaseStage(StageBase):
-    """A stage whose database runs apart from the app servers, reachable only from them."""
+class SeparateDatabase(Construct):
+    """One public app server; the database in an isolated subnet, open only to the app server.
 
-    def build_database(self) -> Database:
-        cfg = self.config
-        self.database = Database(
-            self, "Database", kind=cfg.database.kind, vpc=self.network.vpc, subnets=self.network.database_subnets,
-            instance_type=cfg.database.instance_type, machine_image=self.data_server_image,
-            storage_gib=cfg.database.storage_gib, name=cfg.database.name, user=cfg.database.user,
-            port=cfg.database.port, removal_policy=self.removal_policy, protect=self.protect,
-            backup_retention_days=cfg.operations.backup_retention_days, key_pair=self.key_pair,
-            multi_az=self.protect and cfg.database.kind == "rds", server_logs=self.server_logs,
-            log_retention_days=cfg.operations.log_retention_days,
-            boot_dependencies=self.network.boot_endpoints)
-        self.database_secret = self.database.secret
-        return self.database
+    `database`: props for a new one, or an existing `Database` to connect to. Exposes `vpc`,
+    `app_servers` (an `AppServer`), `database`, `load_balancer` (None), `url`, `connections`
+    and `layout`.
+    """
 
-    def connect_database(self, app_servers) -> None:
-        self.database.connections.allow_default_port_from(app_servers.connections, "PostgreSQL from the app servers only")
-        self.database.grant_connect(app_servers.role)
+    STAGE = 2
 
-    def app_agent(self):
-        return self.server_logs.agent_init(mount_points=["/"])
+    def __init__(self, scope: Construct, construct_id: str, *, vpc: ec2.IVpc, app: render.AppSpec,
+                 servers: ServerProps | None = None, database: DatabaseProps | Database | None = None,
+                 subnets: Subnets | None = None, domain: Domain | None = None,
+                 logs: ServerLogs | None = None) -> None:
+        super().__init__(scope, construct_id)
+        servers, database, subnets = servers or ServerProps(), database or DatabaseProps(), subnets or Subnets()
+        server_image, data_server_image = parts.images(servers)
+        self.vpc = vpc
+        self.layout = parts.server_layout(app, stage=self.STAGE)
+        self.load_balancer = None
+        self.logs = parts.logs_for(self, logs, nginx=False, postgresql=getattr(database, "kind", "") == "ec2",
+                                   removal_policy=getattr(database, "removal_policy", None))
 
-    def watch_database(self, monitoring) -> None:
-        if self.database.kind == "rds":
-            monitoring.watch_rds(self.database.instance)
-        else:
-            instance_id = self.database.server.instance_id
-            monitoring.watch_servers("Database server", dimensions={"InstanceId": instance_id},
-                                     disk_paths={"Root": "/", "Data": DATA_MOUNT}, instance_id=instance_id)
+        self.database = parts.database_for(self, database, vpc=vpc, subnets=subnets, image=data_server_image,
+                                           key_pair=servers.key_pair, logs=self.logs)
+        init = bootstrap.app_server_init(self.layout, self.database.endpoint, in_place_updates=True,
+                                         agent=self.logs.agent_init(mount_points=["/"]))
+        self.app_servers = AppServer(
+            self, "AppServer", vpc=vpc, subnets=subnets.public_or_default(), instance_type=servers.instance_type,
+            machine_image=server_image, init=init, service_port=self.layout.service_port,
+            key_pair=servers.key_pair, admin_cidrs=servers.admin_cidrs,
+            termination_protection=servers.termination_protection, root_volume_gib=servers.root_volume_gib)
+        self.logs.grant(self.app_servers.role, server="AppServer")
+        parts.connect_database(self.database, self.app_servers)
+        parts.grant_app_secrets(self, self.app_servers.role, self.layout.app)
+        self.connections = self.app_servers.connections
+        self.domain_record = parts.address_record(
+            self, domain, route53.RecordTarget.from_ip_addresses(self.app_servers.elastic_ip.attr_public_ip))
+        self.url = f"http://{domain.name}/" if domain else self.app_servers.url
+        parts.add_outputs(self, url=self.url,
+                          session_manager_command=self.app_servers.session_manager_command(Stack.of(self).region))
 
-    def backed_up_resources(self) -> list:
-        if self.database.kind == "rds":
-            return []
-        return [backup.BackupResource.from_construct(self.database.data_volume)]
+    def watch(self, monitoring: ServiceMonitoring) -> None:
+        parts.watch_app_server(monitoring, self.app_servers.instance)
+        parts.watch_database(monitoring, self.database)
 
-
-class SeparateDatabase(DatabaseStage):
-    """One public app server; the database in an isolated subnet, open only to the app server."""
-
-    def __init__(self, scope, construct_id, **kwargs) -> None:
-        super().__init__(scope, construct_id, **kwargs)
-        database = self.build_database()
-        layout = self.server_layout()
-        self.build_app_server(bootstrap.app_server_init(layout, database.endpoint, in_place_updates=True,
-                                                        agent=self.app_agent()))
-        self.connect_database(self.app_servers)
-
-    def watch(self, monitoring) -> None:
-        self.watch_app_server(monitoring)
-        self.watch_database(monitoring)
+    def backed_up_resources(self) -> list[backup.BackupResource]:
+        return parts.database_backups(self.database)

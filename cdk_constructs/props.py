@@ -1,0 +1,122 @@
+"""The props of the four stage constructs: flat, typed, keyword-only, units in their names.
+
+Every field has the library's default here, and only here. The app's own environment files are
+mapped onto these in one place (stacks/config_mapping.py); a CDK app of your own builds them
+directly (examples/own_vpc/app.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from aws_cdk import RemovalPolicy
+from aws_cdk import aws_certificatemanager as acm
+from aws_cdk import aws_ec2 as ec2
+from aws_cdk import aws_route53 as route53
+from constructs import IDependable
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServerProps:
+    """The app servers: what they run on, how many, and who may log in.
+
+    `machine_image`: the image of servers that hold no data; default, the latest Amazon Linux 2023
+    for `architecture`, resolved at deploy time (a new release rolls them). `data_server_image`:
+    the image of servers that hold data (stage 1's server, the EC2 database server); default, the
+    same Amazon Linux 2023 resolved by EC2 at launch, so a new release never replaces them.
+    `min/desired/max_servers` apply to the load-balanced stages; stages 1-2 run one server.
+    `key_pair` is None for Session Manager only; then SSH stays closed whatever `admin_cidrs` says.
+    """
+
+    instance_type: str = "t3.micro"
+    architecture: str = "x86_64"
+    machine_image: ec2.IMachineImage | None = None
+    data_server_image: ec2.IMachineImage | None = None
+    root_volume_gib: int = 16
+    min_servers: int = 2
+    desired_servers: int = 2
+    max_servers: int = 4
+    key_pair: ec2.IKeyPair | None = None
+    admin_cidrs: Sequence[str] = ()
+    # Refuse TerminateInstances on the single servers (stages 1-2) and the EC2 database server.
+    termination_protection: bool = True
+
+
+@dataclass(frozen=True, kw_only=True)
+class DatabaseProps:
+    """PostgreSQL: on its own EC2 server ("ec2", data on a separate EBS volume) or Amazon RDS ("rds").
+
+    Stage 1 uses `name`, `user`, `port` and `removal_policy` (its database lives on the app server).
+    `removal_policy` applies to what holds data (the volume or the RDS instance, the secret);
+    `deletion_protection` refuses deleting the RDS instance; `boot_dependencies` are what the EC2
+    server needs before it boots (its subnet's VPC endpoints, when it has no other way out).
+    """
+
+    kind: str = "ec2"
+    instance_type: str = "t3.micro"
+    storage_gib: int = 20
+    name: str = "app"
+    user: str = "app"
+    port: int = 5432
+    multi_az: bool = False
+    removal_policy: RemovalPolicy = RemovalPolicy.SNAPSHOT
+    deletion_protection: bool = True
+    backup_retention_days: int = 7
+    log_retention_days: int = 30
+    server_root_volume_gib: int = 16
+    boot_dependencies: Sequence[IDependable] = ()
+
+
+@dataclass(frozen=True, kw_only=True)
+class Domain:
+    """A DNS name in a Route 53 hosted zone that the service answers on.
+
+    The zone is named, not looked up, so synth needs no credentials:
+    `route53.HostedZone.from_hosted_zone_attributes(scope, id, hosted_zone_id=..., zone_name=...)`.
+    Load-balanced stages get an ACM certificate validated by DNS in that zone, an HTTPS listener
+    and an HTTP-to-HTTPS redirect; every stage gets the alias (or A) record.
+    """
+
+    name: str
+    zone: route53.IHostedZone
+
+
+@dataclass(frozen=True, kw_only=True)
+class LoadBalancerProps:
+    """The ALB in front of the load-balanced stages, and how the fleet scales behind it.
+
+    `certificate`: an existing certificate for HTTPS (otherwise one is issued for `domain`, if any).
+    `access_logs_removal_policy` and `auto_delete_access_logs` (needs a Lambda-backed custom
+    resource) govern its access-log buckets.
+    """
+
+    deregistration_delay_seconds: int = 30
+    target_requests_per_server_per_minute: int = 500
+    target_cpu_percent: int = 60
+    certificate: acm.ICertificate | None = None
+    deletion_protection: bool = True
+    access_logs_removal_policy: RemovalPolicy = RemovalPolicy.RETAIN
+    auto_delete_access_logs: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class Subnets:
+    """Where each tier goes in the VPC; the defaults select by subnet type.
+
+    Servers reached from the internet (stages 1-2) and the load balancer go in `public`; the
+    load-balanced app servers in `app` (outbound through NAT); the database in `database`.
+    """
+
+    public: ec2.SubnetSelection | None = None
+    app: ec2.SubnetSelection | None = None
+    database: ec2.SubnetSelection | None = None
+
+    def public_or_default(self) -> ec2.SubnetSelection:
+        return self.public or ec2.SubnetSelection(subnet_type=ec2.SubnetType.PUBLIC)
+
+    def app_or_default(self) -> ec2.SubnetSelection:
+        return self.app or ec2.SubnetSelection(subnet_type=ec2.SubnetType.PRIVATE_WITH_EGRESS)
+
+    def database_or_default(self) -> ec2.SubnetSelection:
+        return self.database or ec2.SubnetSelection(subnet_type=ec2.SubnetType.PRIVATE_ISOLATED)

@@ -1,0 +1,89 @@
+"""The load-balanced fleet that stages 3 and 4 share: the database, the ALB, the app server group.
+
+Not a construct of its own: it builds into the stage's scope, so stages 3 and 4 have the same
+construct IDs (Database, LoadBalancer, AppServers) and growing from one to the other replaces no
+stateful resource. What differs between them is the server layout each stage passes in.
+"""
+
+from __future__ import annotations
+
+from aws_cdk import Duration, RemovalPolicy, Stack
+from aws_cdk import aws_certificatemanager as acm
+from aws_cdk import aws_ec2 as ec2
+from aws_cdk import aws_route53 as route53
+from aws_cdk import aws_route53_targets as targets
+from aws_cdk import aws_sns as sns
+from constructs import Construct
+
+from app_tier import render
+from cdk_constructs import bootstrap
+from cdk_constructs.app_servers import AppServerGroup
+from cdk_constructs.database import Database
+from cdk_constructs.load_balancer import WebLoadBalancer
+from cdk_constructs.monitoring import ServiceMonitoring
+from cdk_constructs.notifications import encrypted_topic
+from cdk_constructs.observability import ServerLogs
+from cdk_constructs.props import DatabaseProps, Domain, LoadBalancerProps, ServerProps, Subnets
+from cdk_constructs.stages import parts
+
+
+class LoadBalancedFleet:
+    """Builds into `scope`; exposes `logs`, `database`, `load_balancer`, `app_servers`, `url`."""
+
+    def __init__(self, scope: Construct, *, layout: render.ServerLayout, vpc: ec2.IVpc, servers: ServerProps,
+                 database: DatabaseProps | Database, load_balancer: LoadBalancerProps | None, subnets: Subnets,
+                 domain: Domain | None, notifications: sns.ITopic | None, logs: ServerLogs | None) -> None:
+        balancer = load_balancer or LoadBalancerProps()
+        if notifications is None:  # the group reports launches, terminations and failures somewhere
+            notifications = encrypted_topic(scope, key_id="NotificationsKey", topic_id="Notifications",
+                                            display_name=f"{scope.node.path} scaling notifications")
+        server_image, data_server_image = parts.images(servers)
+        self.logs = parts.logs_for(scope, logs, nginx=layout.proxy, postgresql=getattr(database, "kind", "") == "ec2",
+                                   removal_policy=getattr(database, "removal_policy", RemovalPolicy.RETAIN))
+        self.database = parts.database_for(scope, database, vpc=vpc, subnets=subnets, image=data_server_image,
+                                           key_pair=servers.key_pair, logs=self.logs)
+        certificate = balancer.certificate
+        if certificate is None and domain is not None:
+            # Validated by a DNS record in the zone, which CloudFormation adds and waits for.
+            certificate = acm.Certificate(scope, "Certificate", domain_name=domain.name,
+                                          validation=acm.CertificateValidation.from_dns(domain.zone))
+        self.load_balancer = WebLoadBalancer(
+            scope, "LoadBalancer", vpc=vpc, subnets=subnets.public_or_default(),
+            target_port=layout.service_port, health_check_path=layout.health_path,
+            deregistration_delay=Duration.seconds(balancer.deregistration_delay_seconds),
+            certificate=certificate, deletion_protection=balancer.deletion_protection,
+            access_logs_removal_policy=balancer.access_logs_removal_policy,
+            auto_delete_logs=balancer.auto_delete_access_logs)
+        self.app_servers = AppServerGroup(
+            scope, "AppServers", vpc=vpc, subnets=subnets.app_or_default(), instance_type=servers.instance_type,
+            machine_image=server_image,
+            init=bootstrap.app_server_init(layout, self.database.endpoint,
+                                           agent=self.logs.agent_init(mount_points=["/"])),
+            min_servers=servers.min_servers, desired_servers=servers.desired_servers,
+            max_servers=servers.max_servers, key_pair=servers.key_pair, admin_cidrs=servers.admin_cidrs,
+            root_volume_gib=servers.root_volume_gib, notifications=notifications)
+        self.load_balancer.add_targets(self.app_servers)
+        parts.connect_database(self.database, self.app_servers)
+        self.logs.grant(self.app_servers.role, server="AppServers")
+        parts.grant_app_secrets(scope, self.app_servers.role, layout.app)
+        # Scale out on load per server and on CPU; whichever asks for more servers wins.
+        # During a rolling update the group suspends AlarmNotification, so scaling waits.
+        self.app_servers.group.scale_on_request_count(
+            "RequestsPerServer", target_requests_per_minute=balancer.target_requests_per_server_per_minute)
+        self.app_servers.group.scale_on_cpu_utilization(
+            "CpuUtilization", target_utilization_percent=balancer.target_cpu_percent)
+        parts.address_record(scope, domain, route53.RecordTarget.from_alias(
+            targets.LoadBalancerTarget(self.load_balancer.load_balancer)))
+        scheme = "https" if certificate is not None else "http"
+        self.url = f"{scheme}://{domain.name}/" if domain else self.load_balancer.url
+        parts.add_outputs(scope, url=self.url, session_manager_command=self.app_servers.session_manager_command(
+            Stack.of(scope).region))
+
+    @staticmethod
+    def watch(stage, monitoring: ServiceMonitoring) -> None:
+        """Put a load-balanced stage's ALB, group, servers and database on the dashboard and alarms."""
+        monitoring.watch_load_balancer(stage.load_balancer.load_balancer, stage.load_balancer.target_group)
+        monitoring.watch_auto_scaling_group(stage.app_servers.group)
+        monitoring.watch_servers("App servers",
+                                 dimensions={"AutoScalingGroupName": stage.app_servers.group.auto_scaling_group_name})
+        parts.watch_database(monitoring, stage.database)

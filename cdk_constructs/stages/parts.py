@@ -1,0 +1,123 @@
+"""What the four stages share, composed into each rather than inherited.
+
+Each stage reads top to bottom in its own file and calls these for the parts it has in common
+with the others: the server layout, the database, the app's secrets, the DNS record, the outputs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+from aws_cdk import CfnOutput, RemovalPolicy, Stack
+from aws_cdk import aws_backup as backup
+from aws_cdk import aws_ec2 as ec2
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_route53 as route53
+from aws_cdk import aws_secretsmanager as secretsmanager
+from aws_cdk import aws_ssm as ssm
+from constructs import Construct
+
+from app_tier import render
+from cdk_constructs.database import DATA_MOUNT, Database
+from cdk_constructs.monitoring import ServiceMonitoring
+from cdk_constructs.nag import acknowledge
+from cdk_constructs.observability import ServerLogs
+from cdk_constructs.props import DatabaseProps, Domain, ServerProps, Subnets
+from cdk_constructs.server import launch_time_image, machine_image
+
+# A complete Secrets Manager ARN ends in the 6 random characters AWS appends to the name.
+_COMPLETE_SECRET_ARN = re.compile(r"^arn:[^:]+:secretsmanager:[^:]*:[^:]*:secret:.+-[A-Za-z0-9]{6}$")
+
+
+def server_layout(app: render.AppSpec, *, stage: int, proxy: bool = False, processes: int = 1) -> render.ServerLayout:
+    """The app's layout on one server; the app learns which stage runs it from APP_STAGE."""
+    named = dataclasses.replace(app, environment={"APP_STAGE": str(stage), **app.environment})
+    return render.ServerLayout(app=named, proxy=proxy, processes=processes)
+
+
+def images(servers: ServerProps) -> tuple[ec2.IMachineImage, ec2.IMachineImage]:
+    """(image of servers without data, image of servers with data), the props' or the defaults."""
+    return (servers.machine_image or machine_image("al2023", servers.architecture, pin_in_context=False),
+            servers.data_server_image or launch_time_image("al2023", servers.architecture))
+
+
+def logs_for(scope: Construct, logs: ServerLogs | None, *, nginx: bool, postgresql: bool,
+             removal_policy: RemovalPolicy) -> ServerLogs:
+    """The caller's log groups, or this stage's own (retained like its data)."""
+    if logs is not None:
+        return logs
+    return ServerLogs(scope, "Logs", prefix=Stack.of(scope).stack_name, retention_days=30,
+                      removal_policy=RemovalPolicy.DESTROY if removal_policy == RemovalPolicy.DESTROY
+                      else RemovalPolicy.RETAIN, nginx=nginx, postgresql=postgresql)
+
+
+def database_for(scope: Construct, database: DatabaseProps | Database, *, vpc: ec2.IVpc, subnets: Subnets,
+                 image: ec2.IMachineImage, key_pair: ec2.IKeyPair | None, logs: ServerLogs) -> Database:
+    """The caller's existing `Database`, or a new one (construct ID "Database") from its props."""
+    if isinstance(database, Database):
+        return database
+    return Database(scope, "Database", props=database, vpc=vpc, subnets=subnets.database_or_default(),
+                    machine_image=image, key_pair=key_pair, server_logs=logs)
+
+
+def connect_database(database: Database, app_servers) -> None:
+    database.connections.allow_default_port_from(app_servers.connections, "PostgreSQL from the app servers only")
+    database.grant_connect(app_servers.role)
+
+
+def grant_app_secrets(scope: Construct, role: iam.IRole, app: render.AppSpec) -> None:
+    """Let the app servers read, at boot, the secrets and parameters the app's environment names.
+
+    Only their names are in the template; the values are read on the server (render.APP_SECRETS_FILE)."""
+    for variable, ref in sorted(app.secrets.items()):
+        if ref.store == "ssm":
+            name = ref.name.split(":parameter", 1)[-1] if ref.name.startswith("arn:") else ref.name
+            parameter = ssm.StringParameter.from_secure_string_parameter_attributes(
+                scope, f"Parameter{variable}", parameter_name=name)
+            parameter.grant_read(role)
+        elif _COMPLETE_SECRET_ARN.match(ref.name):
+            secretsmanager.Secret.from_secret_complete_arn(scope, f"Secret{variable}", ref.name).grant_read(role)
+        elif ref.name.startswith("arn:"):
+            secretsmanager.Secret.from_secret_partial_arn(scope, f"Secret{variable}", ref.name).grant_read(role)
+        else:
+            secret = secretsmanager.Secret.from_secret_name_v2(scope, f"Secret{variable}", ref.name)
+            secret.grant_read(role)
+            region, account = Stack.of(scope).region, "<AWS::AccountId>"
+            acknowledge(role.node.find_child("DefaultPolicy"),
+                        f"AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:secretsmanager:{region}:{account}:"
+                        f"secret:{ref.name}-??????]",
+                        "A secret named in [app.secrets] by name: its ARN ends in six characters AWS picks at "
+                        "creation, which the grant matches and nothing else.")
+
+
+def watch_app_server(monitoring: ServiceMonitoring, instance: ec2.Instance) -> None:
+    monitoring.watch_servers("App server", dimensions={"InstanceId": instance.instance_id},
+                             disk_paths={"Root": "/"}, instance_id=instance.instance_id)
+
+
+def watch_database(monitoring: ServiceMonitoring, database: Database) -> None:
+    if database.kind == "rds":
+        monitoring.watch_rds(database.instance)
+    else:
+        instance_id = database.server.instance_id
+        monitoring.watch_servers("Database server", dimensions={"InstanceId": instance_id},
+                                 disk_paths={"Root": "/", "Data": DATA_MOUNT}, instance_id=instance_id)
+
+
+def database_backups(database: Database) -> list[backup.BackupResource]:
+    """RDS backs itself up; the EC2 database server's data volume needs AWS Backup."""
+    return [] if database.kind == "rds" else [backup.BackupResource.from_construct(database.data_volume)]
+
+
+def address_record(scope: Construct, domain: Domain | None, target: route53.RecordTarget) -> route53.ARecord | None:
+    if domain is None:
+        return None
+    return route53.ARecord(scope, "DomainRecord", zone=domain.zone, record_name=domain.name, target=target)
+
+
+def add_outputs(scope: Construct, *, url: str, session_manager_command: str) -> None:
+    # Fixed logical IDs: scripts and the post-deploy checks read these outputs by name.
+    CfnOutput(scope, "Url", value=url, description="Where the service answers").override_logical_id("Url")
+    CfnOutput(scope, "SessionManagerCommand", value=session_manager_command,
+              description="Open a shell on an app server (no SSH needed)").override_logical_id("SessionManagerCommand")

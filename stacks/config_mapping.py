@@ -1,0 +1,104 @@
+"""The one place an environment file becomes construct props.
+
+Constructs never read `EnvironmentConfig`: they take the typed props of cdk_constructs/props.py
+and `app_tier.render.AppSpec`. Everything here is a plain translation, with the few decisions
+that belong to an environment (which image is pinned, what a production environment protects)
+spelled out where they are made.
+"""
+
+from __future__ import annotations
+
+from aws_cdk import RemovalPolicy
+from aws_cdk import aws_certificatemanager as acm
+from aws_cdk import aws_ec2 as ec2
+from aws_cdk import aws_route53 as route53
+from constructs import Construct
+
+from app_tier import render
+from cdk_constructs.network import Network
+from cdk_constructs.props import DatabaseProps, Domain, LoadBalancerProps, ServerProps, Subnets
+from cdk_constructs.server import launch_time_image, machine_image
+from envconfig import EnvironmentConfig
+
+REMOVAL_POLICIES = {"destroy": RemovalPolicy.DESTROY, "retain": RemovalPolicy.RETAIN,
+                    "snapshot": RemovalPolicy.SNAPSHOT}
+
+
+def _interim(config):  # TEMPORARY until envconfig carries [app]/[domain]: remove with the config model change
+    import types
+    if hasattr(config, "app"):
+        return config
+    app = types.SimpleNamespace(source_dir=str(render.APP_SOURCE_DIR), start_command=render.DEFAULT_START_COMMAND,
+                                health_path=config.load_balancer.health_check_path, packages=(), environment={},
+                                secrets={}, processes_per_server=config.servers.processes_per_server)
+    ops = types.SimpleNamespace(**vars(config.operations), deletion_protection=config.is_production)
+    db = types.SimpleNamespace(**vars(config.database), root_volume_gib=16,
+                               multi_az=config.is_production and config.database.kind == "rds")
+    fields = {k: getattr(config, k) for k in config.__dataclass_fields__}
+    fields.update(app=app, domain=types.SimpleNamespace(enabled=False), operations=ops, database=db,
+                  is_production=config.is_production, stack_name=config.stack_name)
+    return types.SimpleNamespace(**fields)
+
+
+def app_spec(config: EnvironmentConfig) -> render.AppSpec:
+    app = _interim(config).app
+    return render.AppSpec(
+        source_dir=app.source_dir, start_command=app.start_command, health_path=app.health_path,
+        packages=tuple(app.packages), environment=dict(app.environment),
+        secrets={name: render.AppSecret(store=ref.store, name=ref.name, key=ref.key)
+                 for name, ref in app.secrets.items()})
+
+
+def server_props(config: EnvironmentConfig, *, key_pair: ec2.IKeyPair | None) -> ServerProps:
+    config = _interim(config)
+    servers = config.servers
+    return ServerProps(
+        instance_type=servers.instance_type, architecture=servers.architecture,
+        # With a fixed account the latest Amazon Linux is looked up once and pinned in cdk.context.json.
+        machine_image=machine_image(servers.ami, servers.architecture, pin_in_context=config.account is not None),
+        data_server_image=launch_time_image(servers.ami, servers.architecture),
+        root_volume_gib=servers.root_volume_gib, min_servers=servers.min_servers,
+        desired_servers=servers.desired_servers, max_servers=servers.max_servers, key_pair=key_pair,
+        admin_cidrs=tuple(config.access.admin_cidrs),
+        termination_protection=config.operations.deletion_protection)
+
+
+def database_props(config: EnvironmentConfig, network: Network) -> DatabaseProps:
+    config = _interim(config)
+    database = config.database
+    return DatabaseProps(
+        kind=database.kind, instance_type=database.instance_type, storage_gib=database.storage_gib,
+        name=database.name, user=database.user, port=database.port, multi_az=database.multi_az,
+        removal_policy=REMOVAL_POLICIES[config.operations.removal_policy],
+        deletion_protection=config.operations.deletion_protection,
+        backup_retention_days=config.operations.backup_retention_days,
+        log_retention_days=config.operations.log_retention_days,
+        server_root_volume_gib=database.root_volume_gib,
+        boot_dependencies=tuple(network.boot_endpoints))
+
+
+def load_balancer_props(scope: Construct, config: EnvironmentConfig, *, custom_resources: bool) -> LoadBalancerProps:
+    config = _interim(config)
+    balancer, protect = config.load_balancer, config.is_production
+    certificate = acm.Certificate.from_certificate_arn(scope, "Certificate", balancer.certificate_arn) \
+        if balancer.certificate_arn else None
+    return LoadBalancerProps(
+        deregistration_delay_seconds=balancer.deregistration_delay_seconds,
+        target_requests_per_server_per_minute=balancer.target_requests_per_server,
+        target_cpu_percent=balancer.target_cpu_percent, certificate=certificate,
+        deletion_protection=config.operations.deletion_protection,
+        access_logs_removal_policy=RemovalPolicy.RETAIN if protect else RemovalPolicy.DESTROY,
+        auto_delete_access_logs=not protect and custom_resources)
+
+
+def domain(scope: Construct, config: EnvironmentConfig) -> Domain | None:
+    config = _interim(config)
+    if not config.domain.enabled:
+        return None
+    zone = route53.HostedZone.from_hosted_zone_attributes(
+        scope, "HostedZone", hosted_zone_id=config.domain.hosted_zone_id, zone_name=config.domain.hosted_zone_name)
+    return Domain(name=config.domain.name, zone=zone)
+
+
+def subnets(network: Network) -> Subnets:
+    return Subnets(public=network.public_subnets, app=network.app_subnets, database=network.database_subnets)
