@@ -72,7 +72,7 @@ bench-load: setup
 	$(PY) -m bench.load
 
 # --- local AWS emulator ---
-# `cdk deploy` for real, to moto's server on loopback; see tools/local_aws.py.
+# `cdk deploy` for real, to moto's server on loopback; see tools/local_aws/.
 deploy-local: setup
 	$(PY) -m tools.local_aws all $(if $(ENV),--env $(ENV),)
 
@@ -85,10 +85,10 @@ snapshot-update: setup
 # --- cost and diagrams ---
 # Both read the synthesized templates (cdk.out), synthesizing first when they are older than the code.
 cost: setup
-	$(PY) -m tools.cost $(if $(ENV),--env $(ENV),)
+	$(PY) -m tools.reports.cost $(if $(ENV),--env $(ENV),)
 
 diagrams: setup
-	$(PY) -m tools.diagrams $(if $(ENV),--env $(ENV),)
+	$(PY) -m tools.reports.diagrams $(if $(ENV),--env $(ENV),)
 
 # --- benchmarks ---
 bench: bench-load

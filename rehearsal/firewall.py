@@ -14,7 +14,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
-from tools.synthesized import ref
+from tools.templates import ref
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import boto3
 
+from app_tier import render
 from app_tier.loadgen import Load
 from rehearsal import container as ct
 from rehearsal import firewall, synth
@@ -99,7 +100,7 @@ class Emulator:
         self.port = 443
         self.url = f"http://{ct.HOST_ADDRESS}:{self.port}"
         log = (STATE / "emulator.log").open("w")
-        self.process = subprocess.Popen([sys.executable, "-m", "tools.patched_moto", "-H", ct.HOST_ADDRESS,
+        self.process = subprocess.Popen([sys.executable, "-m", "tools.local_aws.patched_moto", "-H", ct.HOST_ADDRESS,
                                          "-p", str(self.port)], cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -524,8 +525,8 @@ def start_rds_standin(c: ct.Container, secret: dict, database: str, port: int) -
     script = c.merged / "root" / "rds-standin.sh"
     script.write_text(f"""set -e
 postgresql-setup --initdb
-printf "listen_addresses = '*'\\nport = {port}\\n" >> /var/lib/pgsql/data/postgresql.conf
-echo "host all all {ct.SUBNET} scram-sha-256" >> /var/lib/pgsql/data/pg_hba.conf
+printf "listen_addresses = '*'\\nport = {port}\\n" >> {render.PG_DATA_DIR}/postgresql.conf
+echo "host all all {ct.SUBNET} scram-sha-256" >> {render.PG_DATA_DIR}/pg_hba.conf
 systemctl start postgresql.service
 cd /
 runuser -u postgres -- psql -p {port} -q -v ON_ERROR_STOP=1 \\
@@ -611,7 +612,7 @@ def in_place_update(env: Environment, config, c: ct.Container, server: tpl.Serve
         # cfn-init kept every file it overwrote as .bak: the daily jobs must still read their config.
         rotate = c.run("logrotate --debug /etc/logrotate.conf 2>&1", check=False)
         errors = [line for line in rotate.stdout.splitlines() if line.startswith("error:")][:3]
-        if rotate.returncode != 0 or errors or "/var/log/webapp/" not in rotate.stdout:
+        if rotate.returncode != 0 or errors or f"{render.LOG_DIR}/" not in rotate.stdout:
             result.fail("update", f"logrotate's config broke after the update: {errors or 'webapp logs not rotated'}")
         else:
             result.ok(f"update(cfn-hup served the new code in {time.monotonic() - started:.0f} s, data kept)")

@@ -15,6 +15,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from app_tier import render
+
 SERVER_TYPES = ("AWS::EC2::Instance", "AWS::EC2::LaunchTemplate")
 
 
@@ -104,24 +106,24 @@ def servers(template: dict, stack: str) -> list[Server]:
         files = {path: _content(spec.get("content", "")) for path, spec in _files(metadata).items()}
         policy_owner = resources[group_of_template.get(lid, lid)]
         timeout = policy_owner.get("CreationPolicy", {}).get("ResourceSignal", {}).get("Timeout", "PT5M")
-        env = dict(line.split("=", 1) for line in files.get("/etc/webapp/app.env", "").splitlines()
+        env = dict(line.split("=", 1) for line in files.get(render.ENV_FILE, "").splitlines()
                    if "=" in line and not line.startswith("#"))
         stage = int(env.get("APP_STAGE", "0"))
         if res["Type"] == "AWS::EC2::LaunchTemplate":
             kind = f"stage-{stage} group member"
-        elif "/usr/local/libexec/webapp/setup-postgresql" in files and "/etc/webapp/app.env" in files:
+        elif render.PG_SETUP_SCRIPT in files and render.ENV_FILE in files:
             kind = f"stage-{stage} server"
-        elif "/etc/webapp/app.env" in files:
+        elif render.ENV_FILE in files:
             kind = f"stage-{stage} app server"
-        elif "/usr/local/libexec/webapp/setup-postgresql" in files:
+        elif render.PG_SETUP_SCRIPT in files:
             kind = "database server"
         else:
             continue
         server = Server(stack=stack, logical_id=lid, init_resource=init_resource, kind=kind, stage=stage,
                         user_data=user_data, metadata=metadata, signal_timeout_sec=_duration_sec(timeout))
         if server.is_app_server:
-            server.service_port = 80 if "listen 80 " in files.get("/etc/nginx/nginx.conf", "") or stage < 4 \
-                else _nginx_port(files.get("/etc/nginx/nginx.conf", ""))
+            server.service_port = 80 if "listen 80 " in files.get(render.NGINX_CONF, "") or stage < 4 \
+                else _nginx_port(files.get(render.NGINX_CONF, ""))
             gate = _health_gate(metadata)
             if gate:
                 server.service_port, server.health_path = gate

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tools import synthesized
+from tools import templates
 
 
 def resources(template: dict, resource_type: str | None = None) -> dict[str, dict]:
@@ -32,9 +32,9 @@ class Ingress:
 
 
 def ingress_rules(template: dict) -> list[Ingress]:
-    """Every ingress rule, inline on a security group or standalone (tools.synthesized reads them)."""
+    """Every ingress rule, inline on a security group or standalone (tools.templates reads them)."""
     return [Ingress(r.group, r.cidr or r.source_group, r.from_port, r.to_port)
-            for r in synthesized.ingress_rules(synthesized.Template(template))]
+            for r in templates.ingress_rules(templates.Template(template))]
 
 
 # The first 8 hex digits of the stack's own UUID (cdk_constructs.naming.stack_id_suffix).

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from envconfig import load_environments
-from tools import emulator as emu
-from tools import local_aws
-from tools.deploy_checks import FAIL, NOT_SHOWN, PASS, verify
+from tools.checks.deploy_checks import FAIL, NOT_SHOWN, PASS, verify
+from tools.local_aws import cli as local_aws
+from tools.local_aws import emulator as emu
 
 pytestmark = [pytest.mark.emulator, pytest.mark.slow]
 

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import pytest
 from cfn import path_of
+from stack_support import _variant, build_app
+
+from envconfig import Stage, load_environments
 
 STATEFUL_TYPES = {
     "AWS::EC2::VPC", "AWS::RDS::DBInstance", "AWS::EC2::Volume", "AWS::S3::Bucket",
@@ -67,11 +70,24 @@ def test_stateful_logical_ids_are_pinned(synthesized_templates, env):
     assert not unpinned, f"new stateful resources: pin their logical IDs here: {sorted(unpinned)}"
 
 
-def test_moving_from_stage_3_to_4_keeps_every_stateful_resource(synthesized_templates):
-    """Stages share construct IDs, so growing the layout replaces no data."""
-    def stateful(env):
-        return {lid for lid, r in synthesized_templates[env]["Resources"].items()
-                # the database kind (EC2 in staging, RDS in prod) and the NAT count differ
-                if r["Type"] in STATEFUL_TYPES - {"AWS::RDS::DBInstance", "AWS::EC2::Volume", "AWS::EC2::EIP",
-                                                  "AWS::Backup::BackupVault", "AWS::Logs::LogGroup"}}
-    assert stateful("staging") == stateful("prod")
+@pytest.fixture(scope="module")
+def staging_at_stage_4(tmp_path_factory) -> dict:
+    """staging as it is, moved from stage 3 to stage 4 and nothing else: synthesized once, in an app of its own."""
+    staging = {c.name: c for c in load_environments()}["staging"]
+    assert staging.stage == Stage.LOAD_BALANCED, "staging is the stage-3 environment this test grows"
+    app, stacks = build_app([_variant(staging, staging.name, stage=Stage.MULTI_PROCESS)],
+                            outdir=str(tmp_path_factory.mktemp("staging-stage-4")))
+    return app.synth().get_stack_by_name(stacks[staging.name].stack_name).template
+
+
+def test_moving_from_stage_3_to_4_keeps_every_stateful_resource(synthesized_templates, staging_at_stage_4):
+    """Stages share construct IDs, so growing an environment from stage 3 to 4 replaces no data."""
+    def stateful(template):
+        return {lid: (r["Type"], path_of(r).partition("/")[2]) for lid, r in template["Resources"].items()
+                if r["Type"] in STATEFUL_TYPES}
+
+    at_3, at_4 = stateful(synthesized_templates["staging"]), stateful(staging_at_stage_4)
+    moved = {lid: at_3[lid] for lid in at_3 if at_4.get(lid) != at_3[lid]}
+    assert not moved, f"moving staging to stage 4 would replace: {moved}"
+    # The only stateful resources stage 4 adds: the logs of the in-server proxy.
+    assert {lid: path for lid, (_, path) in at_4.items() if lid not in at_3} == NGINX_LOGS

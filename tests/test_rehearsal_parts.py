@@ -15,6 +15,10 @@ from rehearsal import template as tpl
 from rehearsal.packages import PACKAGES, debian_packages
 
 ROOT = Path(__file__).resolve().parent.parent
+# Server paths, from the app tier's own constants.
+TMPFILES_DIR = Path(render.LOG_DIR_TMPFILES).parent        # /etc/tmpfiles.d
+LOGROTATE_DIR = Path(render.LOGROTATE_LINK).parent         # /etc/logrotate.d
+CFN_HUP_UNIT = f"{render.UNIT_DIR}/cfn-hup.service"
 
 
 def _servers(synthesized_templates, name):
@@ -77,7 +81,7 @@ def test_resolver_handles_what_servers_receive_and_names_what_it_cannot():
 def test_app_units_append_only_to_a_directory_made_before_they_start(stage):
     layout = render.ServerLayout(stage=stage, processes=2)
     boot = render.app_server_bootstrap(layout, render.DatabaseEndpoint(host="10.0.0.5", secret_arn="arn:x:y:z:1:s"))
-    tmpfiles = "".join(f.content for path, f in boot.files.items() if path.startswith("/etc/tmpfiles.d/"))
+    tmpfiles = "".join(f.content for path, f in boot.files.items() if path.startswith(f"{TMPFILES_DIR}/"))
     made = {line.split()[1] for line in tmpfiles.splitlines() if line.startswith("d ")}
     for path, unit in boot.files.items():
         if not path.endswith(".service") or "ExecStart=" not in unit.content:
@@ -100,7 +104,7 @@ def test_single_servers_get_their_own_cfn_hup_unit(synthesized_templates, name):
         if resource["Type"] != "AWS::EC2::Instance" or not init:
             continue
         updates = init["updates"]
-        unit = updates["files"]["/etc/systemd/system/cfn-hup.service"]["content"]
+        unit = updates["files"][CFN_HUP_UNIT]["content"]
         assert "ExecStart=/opt/aws/bin/cfn-hup" in unit and "WantedBy=multi-user.target" in unit
         command = json.dumps(updates["commands"])
         # Enabled and started, never restarted: the hook's own cfn-init run would be killed with it.
@@ -170,7 +174,7 @@ def test_no_init_file_lives_where_its_bak_copy_would_be_read():
     so a config written there would be read twice after the first in-place update."""
     layout = render.ServerLayout(stage=1, processes=1)
     boot = render.single_server_bootstrap(layout, render.DatabaseEndpoint(host="127.0.0.1", secret_arn="arn:x:y:z:1:s"))
-    assert not [path for path in boot.files if path.startswith("/etc/logrotate.d/")]
+    assert not [path for path in boot.files if path.startswith(f"{LOGROTATE_DIR}/")]
     assert any(render.LOGROTATE_LINK in command for _, command in boot.commands)
 
 

@@ -7,8 +7,8 @@ import copy
 import pytest
 
 from envconfig import load_environments
-from tools.cost import PriceError, estimate, load_prices, render_markdown, render_text
-from tools.synthesized import Template
+from tools.reports.cost import PriceError, estimate, load_prices, render_markdown, render_text
+from tools.templates import Template
 
 SHIPPED = {c.name: c for c in load_environments()}
 
@@ -91,6 +91,6 @@ def test_markdown_has_one_table_per_environment_with_a_total(estimates):
 
 
 def test_missing_templates_are_stale_so_the_tools_synthesize_first(tmp_path):
-    from tools.synthesized import stale
+    from tools.templates import stale
 
     assert stale(list(SHIPPED.values()), cdk_out=tmp_path) == list(SHIPPED.values())

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from envconfig import Stage, load_environments
-from tools.diagrams import draw, stage_variant
+from tools.reports.diagrams import draw, stage_variant
 
 SHIPPED = {c.name: c for c in load_environments()}
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -49,11 +49,11 @@ def test_load_balanced_environments_show_the_alb_and_the_group_bounds(drawn):
 
 def test_prod_shows_nginx_and_its_app_copies_on_every_server(drawn):
     source, _ = drawn["prod"]
-    servers = SHIPPED["prod"].servers
+    servers, processes = SHIPPED["prod"].servers, SHIPPED["prod"].app.processes_per_server
     assert source.count('label="nginx :80"') == servers.desired_servers
-    for n in range(servers.processes_per_server):
+    for n in range(processes):
         assert source.count(f'label="app copy :{8001 + n}"') == servers.desired_servers
-    assert f'label="app copy :{8001 + servers.processes_per_server}"' not in source
+    assert f'label="app copy :{8001 + processes}"' not in source
 
 
 def test_security_group_rules_become_labelled_arrows(drawn):
@@ -79,8 +79,7 @@ def test_stage_2_is_drawn_from_a_synthesized_variant(synthesized_templates, tmp_
 
 @pytest.mark.slow
 def test_a_stage_no_environment_runs_is_synthesized_in_process():
-    from tools.diagrams import synthesize_in_process
-    from tools.synthesized import Template
+    from tools.templates import Template, synthesize_in_process
 
     template = Template(synthesize_in_process(stage_variant(2, list(SHIPPED.values()))))
     paths = {r.path for r in template.of_type("AWS::EC2::Instance")}

@@ -8,8 +8,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from tools import local_aws
-from tools.deploy_checks import FAIL, PASS, http_smoke_checks
+from tools.checks.deploy_checks import FAIL, PASS, http_smoke_checks
+from tools.local_aws import cli as local_aws
 
 
 @contextlib.contextmanager

@@ -2,8 +2,9 @@
 
 Everything checked is read back from the API: the stack, its resources, the VPC, security
 groups, instances, Auto Scaling group, launch template and load balancer. The template is
-read back too (`GetTemplate`), only to map logical IDs to their construct paths, which are the
-contract between the CDK app and these checks (see `Roles`).
+read back too (`GetTemplate`, through the shared reader `tools.templates`), only to map logical
+IDs to their construct paths, which are the contract between the CDK app and these checks (see
+`Roles`), and to find the image a server launches from.
 
 A check is `pass`, `FAIL`, or `n/a`: the emulator could not show it (it skipped the resource
 type, or it does not model the property). `n/a` never passes silently; the report says why.
@@ -23,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from envconfig import EnvironmentConfig, Stage
+from tools.templates import Template
 
 APP_PORT = 80                      # the port nginx/the app listens on, on every server
 PUBLIC_PORTS = frozenset({80, 443})
@@ -69,7 +71,8 @@ class StackReport:
 
 
 @dataclass(frozen=True)
-class Resource:
+class Deployed:
+    """A template resource and what the stack made of it."""
     logical_id: str
     type: str
     path: str                      # construct path without the stack name: "Service/AppServers/Group"
@@ -85,14 +88,14 @@ class Roles:
     DATABASE = "Service/Database"
     LOAD_BALANCER = "Service/LoadBalancer"
 
-    def __init__(self, resources: list[Resource]):
+    def __init__(self, resources: list[Deployed]):
         self.resources = resources
 
-    def under(self, prefix: str, type_: str) -> list[Resource]:
+    def under(self, prefix: str, type_: str) -> list[Deployed]:
         return [r for r in self.resources
                 if r.type == type_ and (not prefix or r.path == prefix or r.path.startswith(prefix + "/"))]
 
-    def one(self, prefix: str, type_: str) -> Resource | None:
+    def one(self, prefix: str, type_: str) -> Deployed | None:
         found = self.under(prefix, type_)
         return found[0] if found else None
 
@@ -192,10 +195,9 @@ class StackVerifier:
         except self.cloudformation.exceptions.ClientError:
             return None
 
-    def _resources(self) -> list[Resource]:
+    def _resources(self) -> list[Deployed]:
         body = self.cloudformation.get_template(StackName=self.cfg.stack_name)["TemplateBody"]
-        template = json.loads(body) if isinstance(body, str) else body
-        self.template = template
+        self.template = Template(json.loads(body) if isinstance(body, str) else body)
         created: dict[str, str] = {}
         for page in self.cloudformation.get_paginator("list_stack_resources").paginate(StackName=self.cfg.stack_name):
             for summary in page["StackResourceSummaries"]:
@@ -203,11 +205,7 @@ class StackVerifier:
                 # DBSubnetGroup): listed with a type means created.
                 if summary.get("LogicalResourceId") and summary.get("ResourceType"):
                     created[summary["LogicalResourceId"]] = summary.get("PhysicalResourceId") or ""
-        prefix = self.cfg.stack_name + "/"
-        resources = []
-        for logical_id, spec in template.get("Resources", {}).items():
-            path = (spec.get("Metadata") or {}).get("aws:cdk:path", "")
-            resources.append(Resource(logical_id, spec["Type"], path.removeprefix(prefix), created.get(logical_id)))
+        resources = [Deployed(r.logical_id, r.type, r.path, created.get(r.logical_id)) for r in self.template]
         missing = [r for r in resources if r.physical_id is None]
         self.report.template_resources = len(resources)
         self.report.created_resources = len(resources) - len(missing)
@@ -227,7 +225,7 @@ class StackVerifier:
     def not_shown(self, name: str, why: str) -> None:
         self.report.checks.append(Check(name, NOT_SHOWN, why))
 
-    def _present(self, name: str, resource: Resource | None, what: str) -> bool:
+    def _present(self, name: str, resource: Deployed | None, what: str) -> bool:
         """Record why a check cannot run when its resource is absent; True when it can run."""
         if resource is None:
             self.add(name, False, f"the stack has no {what}")
@@ -257,7 +255,7 @@ class StackVerifier:
         if not url.startswith(("http://", "https://")):
             self.add("HTTP smoke test", False, f"no usable Url output ({url or 'missing'})")
             return
-        self.report.checks.extend(http_smoke_checks(url, health_path=self.cfg.load_balancer.health_check_path))
+        self.report.checks.extend(http_smoke_checks(url, health_path=self.cfg.app.health_path))
 
     # -- network --------------------------------------------------------------------------
 
@@ -337,7 +335,7 @@ class StackVerifier:
 
     # -- servers --------------------------------------------------------------------------
 
-    def expected_ami(self, resource: Resource | None = None, launch_template: dict | None = None) -> str:
+    def expected_ami(self, resource: Deployed | None = None, launch_template: dict | None = None) -> str:
         """The AMI the config asks for, resolved through the API (SSM public parameter or explicit ID).
 
         `resource`: a single instance, with `launch_template` the data of its launch template as
@@ -348,18 +346,17 @@ class StackVerifier:
             return ami.get(self.cfg.region, "")
         image = None
         if resource:
-            properties = (self.template.get("Resources") or {}).get(resource.logical_id, {}).get("Properties") or {}
-            image = properties.get("ImageId") or (launch_template or {}).get("ImageId")
+            image = self.template.by_id[resource.logical_id].get("ImageId") or (launch_template or {}).get("ImageId")
         if isinstance(image, str) and image.startswith("resolve:ssm:"):
             return self.ssm.get_parameter(Name=image.removeprefix("resolve:ssm:"))["Parameter"]["Value"]
         # "al2023": the stack resolves the AMI from an SSM public parameter at deploy time.
-        for spec in (self.template.get("Parameters") or {}).values():
+        for spec in self.template.parameters.values():
             if "EC2::Image::Id" in spec.get("Type", "") and "al2023" in str(spec.get("Default", "")):
                 return self.ssm.get_parameter(Name=spec["Default"])["Parameter"]["Value"]
         return ""
 
     def _check_instances(self, label: str, instances: list[dict], instance_type: str,
-                         launch_template: dict | None, resource: Resource | None = None) -> None:
+                         launch_template: dict | None, resource: Deployed | None = None) -> None:
         ami = self.expected_ami(resource, launch_template)
         wrong = [f"{i['InstanceId']}: {i['InstanceType']} {i['ImageId']} {i['State']['Name']}" for i in instances
                  if i["InstanceType"] != instance_type or i["ImageId"] != ami
@@ -378,7 +375,7 @@ class StackVerifier:
         else:
             self.add(f"{label}: instances require IMDSv2", False, "HttpTokens optional on " + ", ".join(optional))
 
-    def _launch_template(self, resource: Resource | None) -> dict | None:
+    def _launch_template(self, resource: Deployed | None) -> dict | None:
         if resource is None or not resource.physical_id:
             return None
         return self._launch_template_version(resource.physical_id, "$Latest")
@@ -487,12 +484,14 @@ class StackVerifier:
         target_arns = {g.physical_id for g in groups if g.physical_id}
         listeners = {listener["Port"]: listener for listener in
                      self.elbv2.describe_listeners(LoadBalancerArn=resource.physical_id)["Listeners"]}
+        # HTTPS with the certificate the config names, or with the one the stack requests for its domain.
         certificate = self.cfg.load_balancer.certificate_arn
         described = "; ".join(f"{p} {li['Protocol']} {_action(li)}" for p, li in sorted(listeners.items()))
-        if certificate:
+        if certificate or self.cfg.domain.enabled:
             https, http = listeners.get(443), listeners.get(80)
+            served = {c["CertificateArn"] for c in (https or {}).get("Certificates", [])}
             passed = (https is not None and https["Protocol"] == "HTTPS"
-                      and certificate in {c["CertificateArn"] for c in https.get("Certificates", [])}
+                      and (certificate in served if certificate else bool(served))
                       and _forwards_to(https) <= target_arns and bool(_forwards_to(https))
                       and http is not None and _action(http) == "redirect:443" and set(listeners) == {80, 443})
             self.add("listeners: HTTPS 443 with the certificate, HTTP 80 redirects", passed, described)
@@ -509,7 +508,7 @@ class StackVerifier:
         target = self.elbv2.describe_target_groups(TargetGroupArns=[groups[0].physical_id])["TargetGroups"][0]
         lb = self.cfg.load_balancer
         facts = (target["Protocol"], target["Port"], target.get("HealthCheckPath"), target.get("HealthCheckEnabled"))
-        wanted = ("HTTP", APP_PORT, lb.health_check_path, True)
+        wanted = ("HTTP", APP_PORT, self.cfg.app.health_path, True)
         self.add("target group health check", facts == wanted, f"{facts} (configured {wanted})")
         attributes = {a["Key"]: a["Value"] for a in self.elbv2.describe_target_group_attributes(
             TargetGroupArn=target["TargetGroupArn"])["Attributes"]}

@@ -1,6 +1,6 @@
 """moto's server, with fixes for the moto gaps that stop a deploy of this app.
 
-Run by `tools.emulator` as `python -m tools.patched_moto -H 127.0.0.1 -p PORT`. Each patch
+Run by `tools.local_aws.emulator` as `python -m tools.local_aws.patched_moto -H 127.0.0.1 -p PORT`. Each patch
 names the moto behaviour it corrects; drop it once the pinned moto fixes it.
 """
 

@@ -18,8 +18,9 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_STATE_DIR = REPO_ROOT / ".local"
+from tools import ROOT
+
+DEFAULT_STATE_DIR = ROOT / ".local"
 DEFAULT_REGION = "ap-northeast-2"
 # Dummy credentials: the emulator accepts any, and they can never reach a real account.
 DUMMY_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
@@ -160,13 +161,13 @@ def start(state_dir: Path = DEFAULT_STATE_DIR, port: int | None = None) -> tuple
         raise EmulatorError(f"port {port} already has an emulator that this checkout did not start")
     state_dir.mkdir(parents=True, exist_ok=True)
     log_path = state_dir / "emulator.log"
-    command = [sys.executable, "-m", "tools.patched_moto"]
+    command = [sys.executable, "-m", "tools.local_aws.patched_moto"]
     with open(log_path, "ab") as log:
         # A session of its own: the emulator keeps running after `make` returns, and Ctrl-C in
         # the terminal that started it does not stop it.
         process = subprocess.Popen([*command, "-H", "127.0.0.1", "-p", str(port)], stdout=log,
                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-                                   cwd=REPO_ROOT)
+                                   cwd=ROOT)
     emulator = Emulator(pid=process.pid, port=port, log=str(log_path))
     deadline = time.monotonic() + START_TIMEOUT_SEC
     while not is_healthy(port, timeout_sec=0.5):

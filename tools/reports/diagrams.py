@@ -1,6 +1,6 @@
 """Architecture diagrams drawn from the synthesized templates, so they cannot drift from the code.
 
-    python -m tools.diagrams [--env NAME] [--out docs/diagrams]
+    python -m tools.reports.diagrams [--env NAME] [--out docs/diagrams]
 
 Writes `<out>/<env>.png` per environment and, when no --env is given, `<out>/stage-<n>.png`
 for the four stages: a shipped environment's picture where one runs that stage, otherwise a
@@ -17,15 +17,12 @@ interface endpoints, and one arrow per security-group ingress rule, labelled wit
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import itertools
 import json
-import os
 import re
 import shutil
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,15 +35,19 @@ from diagrams.onprem.client import Users
 from diagrams.onprem.database import Postgresql
 from diagrams.onprem.network import Gunicorn, Internet, Nginx
 
+from app_tier import render
 from envconfig import ConfigError, EnvironmentConfig, Stage, load_environments
-from tools.synthesized import (
-    ROOT,
+from tools import ROOT
+from tools.templates import (
     Resource,
     SynthError,
     Template,
     ensure_synthesized,
     ingress_rules,
     load_template,
+    ref,
+    refs,
+    synthesize_in_process,
 )
 
 DEFAULT_OUT = ROOT / "docs" / "diagrams"
@@ -75,22 +76,20 @@ class Software:
 
 
 def software_of(resource: Resource) -> Software:
-    init = resource.metadata.get("AWS::CloudFormation::Init", {})
-    files = {path: spec for config in init.values() if isinstance(config, dict)
-             for path, spec in config.get("files", {}).items()}
+    files = resource.init_files()
     found = Software()
-    nginx = files.get("/etc/nginx/nginx.conf")
+    nginx = files.get(render.NGINX_CONF)
     if nginx:
         found.nginx = True
         conf = json.dumps(nginx.get("content"))
         found.app_ports = [int(p) for p in re.findall(r"server 127\.0\.0\.1:(\d+)", conf)]
         found.listen_port = next((int(p) for p in re.findall(r"listen (\d+)", conf)), None)
-    found.app = found.nginx or any(p.startswith("/etc/systemd/system/app") for p in files)
-    unit = files.get("/etc/systemd/system/app.service")
+    found.app = found.nginx or any(p.startswith(f"{render.UNIT_DIR}/app") for p in files)
+    unit = files.get(f"{render.UNIT_DIR}/app.service")
     if unit and not found.nginx:
         found.listen_port = next((int(p) for p in re.findall(r"--bind [\d.]+:(\d+)", json.dumps(unit.get("content")))),
                                  None)
-    found.postgresql = any(p.startswith("/etc/webapp/postgresql/") for p in files)
+    found.postgresql = any(p.startswith(f"{render.PG_CONF_DIR}/") for p in files)
     return found
 
 
@@ -112,17 +111,6 @@ def subnets_of(template: Template) -> dict[str, Subnet]:
         tier = tags.get("aws-cdk:subnet-type") or next((t for t in _TIERS if f"/{t}Subnet" in s.path), "Subnet")
         found[s.logical_id] = Subnet(s.logical_id, tier, s.get("AvailabilityZone", "?"), s.get("CidrBlock", ""))
     return found
-
-
-def _ids(values) -> list[str]:
-    return [v["Fn::GetAtt"][0] if "Fn::GetAtt" in v else v["Ref"] for v in values or [] if isinstance(v, dict)]
-
-
-def _launch_data(template: Template, spec: dict | None) -> dict:
-    if not spec:
-        return {}
-    launch = template.target(spec.get("LaunchTemplateId")) or template.target(spec.get("Version"))
-    return launch.get("LaunchTemplateData", {}) if launch else {}
 
 
 # --- drawing ------------------------------------------------------------------------------
@@ -164,26 +152,24 @@ class _Drawing:
         eip_for = {self.t.target(e.get("InstanceId")).logical_id for e in self.t.of_type("AWS::EC2::EIP")
                    if self.t.target(e.get("InstanceId"))}
         for inst in self.t.of_type("AWS::EC2::Instance"):
-            data = _launch_data(self.t, inst.get("LaunchTemplate"))
+            data = self.t.launch_data(inst)
             role = "database server" if inst.is_under("Service/Database/") else "app server"
-            # With a public address at launch, the subnet and groups sit on the network interface.
+            # With a public address at launch, the subnet sits on the network interface.
             interface = (inst.get("NetworkInterfaces") or [{}])[0]
             subnet = inst.get("SubnetId") or interface.get("SubnetId")
-            groups = inst.get("SecurityGroupIds") or interface.get("GroupSet") or data.get("SecurityGroupIds")
-            found.append(Server(inst.logical_id, role, self.subnets[_ids([subnet])[0]],
+            found.append(Server(inst.logical_id, role, self.subnets[ref(subnet)],
                                 inst.get("InstanceType") or data.get("InstanceType", "?"), software_of(inst),
-                                _ids(groups), public_ip=inst.logical_id in eip_for))
+                                self.t.security_groups(inst), public_ip=inst.logical_id in eip_for))
         for group in self.t.of_type("AWS::AutoScaling::AutoScalingGroup"):
-            data = _launch_data(self.t, group.get("LaunchTemplate"))
-            zones = [self.subnets[i] for i in _ids(group.get("VPCZoneIdentifier"))]
+            data = self.t.launch_data(group)
+            zones = [self.subnets[i] for i in refs(group.get("VPCZoneIdentifier"))]
             desired = int(group.get("DesiredCapacity") or self.config.servers.desired_servers)
             group_info = {"min": group.get("MinSize"), "desired": desired, "max": group.get("MaxSize"),
                           "instance_type": data.get("InstanceType", "?")}
             # The group balances its servers over its zones; draw the desired count that way.
             for n in range(desired):
                 found.append(Server(f"{group.logical_id}_{n + 1}", f"app server {n + 1}", zones[n % len(zones)],
-                                    data.get("InstanceType", "?"), software_of(group), _ids(data.get("SecurityGroupIds")),
-                                    ))
+                                    data.get("InstanceType", "?"), software_of(group), self.t.security_groups(group)))
         return found, group_info
 
     def draw_server(self, server: Server) -> None:
@@ -229,7 +215,7 @@ class _Drawing:
         with Cluster(f"{subnet.zone} · {subnet.cidr}", graph_attr={"bgcolor": "#FFFFFF", "fontsize": "11"}):
             drawn = False
             for nat in self.t.of_type("AWS::EC2::NatGateway"):
-                if _ids([nat.get("SubnetId")]) == [subnet.logical_id]:
+                if ref(nat.get("SubnetId")) == subnet.logical_id:
                     self.nat_nodes[nat.logical_id] = self.placed(
                         NATGateway("NAT gateway\n+ Elastic IP", nodeid=nat.logical_id))
                     drawn = True
@@ -239,10 +225,10 @@ class _Drawing:
             for db in databases:
                 self.draw_rds(db, subnet)
                 drawn = True
-            here = [e for e in endpoints if subnet.logical_id in _ids(e.get("SubnetIds"))]
+            here = [e for e in endpoints if subnet.logical_id in refs(e.get("SubnetIds"))]
             if here:
                 names = sorted(e.get("ServiceName", "").rsplit(".", 1)[-1] for e in here)
-                groups = sorted({g for e in here for g in _ids(e.get("SecurityGroupIds"))})
+                groups = sorted({g for e in here for g in self.t.security_groups(e)})
                 node = self.placed(Endpoint(self.admits(f"{len(here)} interface endpoints\n" + _wrap(names), groups),
                                             nodeid=f"endpoints_{subnet.logical_id}"))
                 for group in groups:
@@ -258,7 +244,7 @@ class _Drawing:
                  f"RDS PostgreSQL :{db.get('Port', 5432)}\n{db.get('DBInstanceClass')} · {db.get('AllocatedStorage')} GiB")
         node = self.placed(RDS(label, nodeid=f"{db.logical_id}_{subnet.zone}"))
         if not standby:
-            for group in _ids(db.get("VPCSecurityGroups")):
+            for group in self.t.security_groups(db):
                 self.targets.setdefault(group, []).append((node, "", None))
 
     def _rds_primary_zone(self, db: Resource) -> str:
@@ -267,7 +253,7 @@ class _Drawing:
 
     def rds_subnets(self, db: Resource) -> list[Subnet]:
         group = self.t.target(db.get("DBSubnetGroupName"))
-        subnets = [self.subnets[i] for i in _ids(group.get("SubnetIds"))] if group else []
+        subnets = [self.subnets[i] for i in refs(group.get("SubnetIds"))] if group else []
         zones = [self._rds_primary_zone(db)] + ([s.zone for s in subnets] if db.get("MultiAZ") else [])
         seen, placed = set(), []
         for zone in zones:
@@ -283,10 +269,10 @@ class _Drawing:
         for route in self.t.of_type("AWS::EC2::Route"):
             nat = self.t.target(route.get("NatGatewayId"))
             if nat and route.get("DestinationCidrBlock") == "0.0.0.0/0":
-                table_nat[_ids([route.get("RouteTableId")])[0]] = nat.logical_id
-        return {_ids([a.get("SubnetId")])[0]: table_nat[_ids([a.get("RouteTableId")])[0]]
+                table_nat[ref(route.get("RouteTableId"))] = nat.logical_id
+        return {ref(a.get("SubnetId")): table_nat[ref(a.get("RouteTableId"))]
                 for a in self.t.of_type("AWS::EC2::SubnetRouteTableAssociation")
-                if _ids([a.get("RouteTableId")])[0] in table_nat}
+                if ref(a.get("RouteTableId")) in table_nat}
 
 
 def _wrap(names: list[str], width: int = 28) -> str:
@@ -328,7 +314,7 @@ def draw(template: dict, config: EnvironmentConfig, out_file: Path) -> str:
                             node = d.placed(ElbApplicationLoadBalancer(
                                 f"Application Load Balancer\n{alb.get('Scheme', 'internet-facing')} · "
                                 f"{len(alb.get('Subnets', []))} zones", nodeid=alb.logical_id))
-                            for g in _ids(alb.get("SecurityGroups")):
+                            for g in d.t.security_groups(alb):
                                 d.targets.setdefault(g, []).append((node, "", None))
                                 d.sources.setdefault(g, []).append((node, ""))
                     here = {s.logical_id for s in subnets}
@@ -412,48 +398,8 @@ def stage_variant(stage: int, shipped: list[EnvironmentConfig]) -> EnvironmentCo
     return dataclasses.replace(base, name=f"stage{stage}", stage=Stage(stage), network=network)
 
 
-def synthesize_in_process(config: EnvironmentConfig) -> dict:
-    """Synthesize one config the CLI cannot be given (not a config/*.toml) with the CDK in-process."""
-    # jsii starts Node when aws_cdk is imported: the project's Node 22, so no end-of-life banner.
-    os.environ["PATH"] = f"{ROOT / 'node_modules' / '.bin'}{os.pathsep}{os.environ.get('PATH', '')}"
-    from aws_cdk import App
-
-    from stacks.web_service import WebServiceStack
-
-    # The CLI adds path metadata to the context; an App built here has to ask for it.
-    context = dict(json.loads((ROOT / "cdk.json").read_text())["context"], **{"aws:cdk:enable-path-metadata": True})
-    with tempfile.TemporaryDirectory() as outdir, _quiet(Path(outdir) / "synth.log"):
-        app = App(context=context, outdir=outdir)
-        stack = WebServiceStack(app, config=config)
-        return app.synth().get_stack_by_name(stack.stack_name).template
-
-
-@contextlib.contextmanager
-def _quiet(log: Path):
-    """Keep the CDK's validation report (printed by its Node process) out of the output, unless it fails."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = os.dup(1), os.dup(2)
-    with log.open("w+b") as sink:
-        os.dup2(sink.fileno(), 1)
-        os.dup2(sink.fileno(), 2)
-        try:
-            yield
-        except Exception:
-            os.dup2(saved[0], 1)
-            os.dup2(saved[1], 2)
-            sink.seek(0)
-            sys.stderr.write(sink.read().decode(errors="replace"))
-            raise
-        finally:
-            os.dup2(saved[0], 1)
-            os.dup2(saved[1], 2)
-            os.close(saved[0])
-            os.close(saved[1])
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tools.diagrams", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m tools.reports.diagrams", description=__doc__.split("\n\n")[0])
     parser.add_argument("--env", help="one environment (default: every config/*.toml, plus stage-<n>.png)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder (default: docs/diagrams)")
     parser.add_argument("--no-synth", action="store_true", help="use cdk.out as it is, even when older than the code")

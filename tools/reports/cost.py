@@ -1,11 +1,11 @@
 """Monthly cost estimate per environment, from the synthesized templates.
 
-    python -m tools.cost [--env NAME] [--markdown]
+    python -m tools.reports.cost [--env NAME] [--markdown]
 
 Every priced line comes from a resource in `cdk.out/<stack>.template.json` (instances and
 their volumes, NAT gateways, the load balancer, RDS, public IPv4 addresses, endpoints,
 secrets, keys, log groups, buckets, alarms). Prices and usage assumptions live in one file
-per region, `tools/prices/<region>.toml`, which states the date its prices were taken.
+per region, `tools/reports/prices/<region>.toml`, which states the date its prices were taken.
 """
 
 from __future__ import annotations
@@ -17,13 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from envconfig import ConfigError, EnvironmentConfig, load_environments
-from tools.synthesized import (
-    Resource,
-    SynthError,
-    Template,
-    ensure_synthesized,
-    load_template,
-)
+from tools import ROOT
+from tools.templates import Resource, SynthError, Template, ensure_synthesized, load_template
 
 PRICES_DIR = Path(__file__).resolve().parent / "prices"
 
@@ -126,26 +121,17 @@ def _volumes(mappings: list[dict], default_gib: int) -> tuple[tuple[str, int], .
     return volumes or (("gp3", 8),)
 
 
-def _launch_template(template: Template, spec: dict | None):
-    """The launch template an instance or group names (by ID, or by its version's GetAtt when named)."""
-    if not spec:
-        return None
-    return template.target(spec.get("LaunchTemplateId")) or template.target(spec.get("Version"))
-
-
 def servers_in(template: Template, config: EnvironmentConfig) -> list[Servers]:
     found = []
     for instance in template.of_type("AWS::EC2::Instance"):
-        launch = _launch_template(template, instance.get("LaunchTemplate"))
-        data = launch.get("LaunchTemplateData", {}) if launch else {}
+        data = template.launch_data(instance)
         itype = instance.get("InstanceType") or data.get("InstanceType")
         mappings = instance.get("BlockDeviceMappings") or data.get("BlockDeviceMappings", [])
         monitoring = bool(instance.get("Monitoring") or data.get("Monitoring", {}).get("Enabled"))
         found.append(Servers(_role(instance), itype, 1, 1, _volumes(mappings, config.servers.root_volume_gib),
                              monitoring))
     for group in template.of_type("AWS::AutoScaling::AutoScalingGroup"):
-        launch = _launch_template(template, group.get("LaunchTemplate"))
-        data = launch.get("LaunchTemplateData", {}) if launch else {}
+        data = template.launch_data(group)
         # The template states min and max; desired may be left to the group, so the config fills it in.
         desired = int(group.get("DesiredCapacity") or config.servers.desired_servers)
         found.append(Servers(_role(group), data["InstanceType"], desired, int(group.get("MaxSize", desired)),
@@ -278,7 +264,7 @@ def _heading(est: Estimate) -> str:
 
 
 def _footer(estimates: list[Estimate]) -> list[str]:
-    files = sorted({(str(e.prices.file.relative_to(PRICES_DIR.parent.parent)), e.prices.as_of) for e in estimates})
+    files = sorted({(str(e.prices.file.relative_to(ROOT)), e.prices.as_of) for e in estimates})
     hours = estimates[0].prices.hours if estimates else 730
     return [f"Prices: on-demand list prices from {f} as of {d} (not fetched live; refresh that file)." for f, d in files] + \
         [f"A month is {hours:g} h. Not included: data transfer out, the free tier, taxes, discounts."]
@@ -317,7 +303,7 @@ def estimates_for(configs: list[EnvironmentConfig], *, synthesize: bool = True) 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tools.cost", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m tools.reports.cost", description=__doc__.split("\n\n")[0])
     parser.add_argument("--env", help="one environment (default: every config/*.toml)")
     parser.add_argument("--markdown", action="store_true", help="print markdown tables (for the README)")
     parser.add_argument("--no-synth", action="store_true", help="use cdk.out as it is, even when older than the code")

@@ -24,11 +24,11 @@ import time
 from pathlib import Path
 
 from envconfig import ConfigError, EnvironmentConfig, load_environments
-from tools import emulator as emu
-from tools.deploy_checks import FAIL, NOT_SHOWN, PASS, StackReport, verify
+from tools import ROOT
+from tools.checks.deploy_checks import FAIL, NOT_SHOWN, PASS, StackReport, verify
+from tools.local_aws import emulator as emu
 
-REPO_ROOT = emu.REPO_ROOT
-CDK = REPO_ROOT / "node_modules" / ".bin" / "cdk"
+CDK = ROOT / "node_modules" / ".bin" / "cdk"
 BOOTSTRAP_STACK = "CDKToolkit"
 # CloudFormation's CreateStack/UpdateStack instead of change sets: moto's change-set execution
 # never evaluates the template's Outputs (so `Url` would be missing); direct deploys do.
@@ -46,7 +46,7 @@ def _say(message: str = "") -> None:
 def _cdk_environment(emulator: emu.Emulator, region: str) -> dict[str, str]:
     env = emulator.environment(region)
     # The pinned Node 22 and the venv's Python (the CDK app runs with `python` from cdk.json).
-    env["PATH"] = os.pathsep.join([str(REPO_ROOT / "node_modules" / ".bin"), str(Path(sys.executable).parent),
+    env["PATH"] = os.pathsep.join([str(ROOT / "node_modules" / ".bin"), str(Path(sys.executable).parent),
                                    env.get("PATH", "")])
     return env
 
@@ -107,7 +107,7 @@ def deploy(emulator: emu.Emulator, configs: list[EnvironmentConfig], state_dir: 
     stacks = [cfg.stack_name for cfg in configs]
     _run_cdk(["deploy", *context, *stacks, "--require-approval", "never", "--method", DEPLOY_METHOD,
               "--output", str(output), "--progress", "events"],
-             emulator, configs[0].region, state_dir / "cdk-deploy.log", cwd=REPO_ROOT)
+             emulator, configs[0].region, state_dir / "cdk-deploy.log", cwd=ROOT)
 
 
 def print_report(report: StackReport) -> None:
@@ -155,7 +155,7 @@ def _verify_real_account(configs: list[EnvironmentConfig]) -> int:
 def run(command: str, env: str | None = None, port: int | None = None, state_dir: Path = emu.DEFAULT_STATE_DIR,
         output: Path | None = None, real_aws: bool = False) -> int:
     state_dir = state_dir.resolve()
-    output = (output or REPO_ROOT / "cdk.out.emulator").resolve()
+    output = (output or ROOT / "cdk.out.emulator").resolve()
     if command == "down":
         stopped = emu.stop(state_dir)
         _say(f"stopped the emulator on port {stopped.port} (pid {stopped.pid})" if stopped
@@ -232,7 +232,3 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, emu.EmulatorError) as err:
         _say(f"error: {err}")
         return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())
