@@ -29,10 +29,10 @@ class ServerLogs(Construct):
 
     STREAMS = {
         "app": f"{render.LOG_DIR}/*.log",
-        "nginx-access": "/var/log/nginx/access.log",
-        "nginx-error": "/var/log/nginx/error.log",
+        "nginx-access": render.NginxPaths.access_log,
+        "nginx-error": render.NginxPaths.error_log,
         "cfn-init": "/var/log/cfn-init.log",
-        "postgresql": "/var/lib/pgsql/data/log/*.log",
+        "postgresql": f"{render.PG_DATA_DIR}/log/*.log",
     }
 
     def __init__(self, scope: Construct, construct_id: str, *, prefix: str, retention_days: int,
