@@ -8,6 +8,7 @@ stateful resource. What differs between them is the server layout each stage pas
 from __future__ import annotations
 
 from aws_cdk import Duration, RemovalPolicy, Stack
+from aws_cdk import aws_backup as backup
 from aws_cdk import aws_certificatemanager as acm
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_route53 as route53
@@ -28,11 +29,14 @@ from cdk_constructs.stages import parts
 
 
 class LoadBalancedFleet:
-    """Builds into `scope`; exposes `logs`, `database`, `load_balancer`, `app_servers`, `url`."""
+    """Builds into the stage `scope` from its `layout`, and sets the stage's `vpc`, `logs`, `database`,
+    `load_balancer`, `app_servers`, `url` and `connections` (the load balancer's)."""
 
-    def __init__(self, scope: Construct, *, layout: render.ServerLayout, vpc: ec2.IVpc, servers: ServerProps,
-                 database: DatabaseProps | Database, load_balancer: LoadBalancerProps | None, subnets: Subnets,
-                 domain: Domain | None, notifications: sns.ITopic | None, logs: ServerLogs | None) -> None:
+    def __init__(self, scope: Construct, *, layout: render.ServerLayout, vpc: ec2.IVpc, servers: ServerProps | None,
+                 database: DatabaseProps | Database | None, load_balancer: LoadBalancerProps | None,
+                 subnets: Subnets | None, domain: Domain | None, notifications: sns.ITopic | None,
+                 logs: ServerLogs | None) -> None:
+        servers, database, subnets = servers or ServerProps(), database or DatabaseProps(), subnets or Subnets()
         balancer = load_balancer or LoadBalancerProps()
         if notifications is None:  # the group reports launches, terminations and failures somewhere
             notifications = encrypted_topic(scope, key_id="NotificationsKey", topic_id="Notifications",
@@ -78,12 +82,20 @@ class LoadBalancedFleet:
         self.url = f"{scheme}://{domain.name}/" if domain else self.load_balancer.url
         parts.add_outputs(scope, url=self.url, session_manager_command=self.app_servers.session_manager_command(
             Stack.of(scope).region))
+        scope.vpc, scope.logs, scope.database = vpc, self.logs, self.database
+        scope.load_balancer, scope.app_servers = self.load_balancer, self.app_servers
+        scope.url, scope.connections = self.url, self.load_balancer.connections
 
-    @staticmethod
-    def watch(stage, monitoring: ServiceMonitoring) -> None:
-        """Put a load-balanced stage's ALB, group, servers and database on the dashboard and alarms."""
-        monitoring.watch_load_balancer(stage.load_balancer.load_balancer, stage.load_balancer.target_group)
-        monitoring.watch_auto_scaling_group(stage.app_servers.group)
-        monitoring.watch_servers("App servers",
-                                 dimensions={"AutoScalingGroupName": stage.app_servers.group.auto_scaling_group_name})
-        parts.watch_database(monitoring, stage.database)
+
+
+def watch(stage, monitoring: ServiceMonitoring) -> None:
+    """Put a load-balanced stage's ALB, group, servers and database on the dashboard and alarms."""
+    monitoring.watch_load_balancer(stage.load_balancer.load_balancer, stage.load_balancer.target_group)
+    monitoring.watch_auto_scaling_group(stage.app_servers.group)
+    monitoring.watch_servers("App servers",
+                             dimensions={"AutoScalingGroupName": stage.app_servers.group.auto_scaling_group_name})
+    parts.watch_database(monitoring, stage.database)
+
+
+def backed_up_resources(stage) -> list[backup.BackupResource]:
+    return parts.database_backups(stage.database)

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-from aws_cdk import aws_backup as backup
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_sns as sns
 from constructs import Construct
 
 from app_tier import render
 from cdk_constructs.database import Database
-from cdk_constructs.monitoring import ServiceMonitoring
 from cdk_constructs.observability import ServerLogs
 from cdk_constructs.props import DatabaseProps, Domain, LoadBalancerProps, ServerProps, Subnets
-from cdk_constructs.stages import parts
-from cdk_constructs.stages.fleet import LoadBalancedFleet
+from cdk_constructs.stages import fleet, parts
 
 
 class MultiProcess(Construct):
@@ -33,18 +30,10 @@ class MultiProcess(Construct):
                  subnets: Subnets | None = None, domain: Domain | None = None,
                  notifications: sns.ITopic | None = None, logs: ServerLogs | None = None) -> None:
         super().__init__(scope, construct_id)
-        self.vpc = vpc
         self.layout = parts.server_layout(app, stage=self.STAGE, proxy=True, processes=processes_per_server)
-        fleet = LoadBalancedFleet(self, layout=self.layout, vpc=vpc, servers=servers or ServerProps(),
-                                  database=database or DatabaseProps(), load_balancer=load_balancer,
-                                  subnets=subnets or Subnets(), domain=domain, notifications=notifications,
-                                  logs=logs)
-        self.logs, self.database, self.load_balancer, self.app_servers = \
-            fleet.logs, fleet.database, fleet.load_balancer, fleet.app_servers
-        self.connections, self.url = self.load_balancer.connections, fleet.url
+        fleet.LoadBalancedFleet(self, layout=self.layout, vpc=vpc, servers=servers, database=database,
+                                load_balancer=load_balancer, subnets=subnets, domain=domain,
+                                notifications=notifications, logs=logs)
 
-    def watch(self, monitoring: ServiceMonitoring) -> None:
-        LoadBalancedFleet.watch(self, monitoring)
-
-    def backed_up_resources(self) -> list[backup.BackupResource]:
-        return parts.database_backups(self.database)
+    watch = fleet.watch
+    backed_up_resources = fleet.backed_up_resources

@@ -19,6 +19,7 @@ from aws_cdk import aws_ssm as ssm
 from constructs import Construct
 
 from app_tier import render
+from cdk_constructs.app_servers import AppServer
 from cdk_constructs.database import DATA_MOUNT, Database
 from cdk_constructs.monitoring import ServiceMonitoring
 from cdk_constructs.nag import acknowledge
@@ -114,6 +115,24 @@ def address_record(scope: Construct, domain: Domain | None, target: route53.Reco
     if domain is None:
         return None
     return route53.ARecord(scope, "DomainRecord", zone=domain.zone, record_name=domain.name, target=target)
+
+
+def public_app_server(scope: Construct, *, layout: render.ServerLayout, init: ec2.CloudFormationInit,
+                      machine_image: ec2.IMachineImage, vpc: ec2.IVpc, servers: ServerProps, subnets: Subnets,
+                      domain: Domain | None, logs: ServerLogs) -> tuple[AppServer, str]:
+    """Stages 1-2: the one app server (construct ID "AppServer") with its logs, the app's secrets,
+    its DNS record and the outputs. Returns the server and the service's URL."""
+    server = AppServer(
+        scope, "AppServer", vpc=vpc, subnets=subnets.public_or_default(), instance_type=servers.instance_type,
+        machine_image=machine_image, init=init, service_port=layout.service_port, key_pair=servers.key_pair,
+        admin_cidrs=servers.admin_cidrs, termination_protection=servers.termination_protection,
+        root_volume_gib=servers.root_volume_gib)
+    logs.grant(server.role, server="AppServer")
+    grant_app_secrets(scope, server.role, layout.app)
+    address_record(scope, domain, route53.RecordTarget.from_ip_addresses(server.elastic_ip.attr_public_ip))
+    url = f"http://{domain.name}/" if domain else server.url
+    add_outputs(scope, url=url, session_manager_command=server.session_manager_command(Stack.of(scope).region))
+    return server, url
 
 
 def add_outputs(scope: Construct, *, url: str, session_manager_command: str) -> None:

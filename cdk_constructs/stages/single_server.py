@@ -6,12 +6,10 @@ from aws_cdk import RemovalPolicy, Stack
 from aws_cdk import aws_backup as backup
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_rds as rds
-from aws_cdk import aws_route53 as route53
 from constructs import Construct
 
 from app_tier import render
 from cdk_constructs import bootstrap
-from cdk_constructs.app_servers import AppServer
 from cdk_constructs.monitoring import ServiceMonitoring
 from cdk_constructs.nag import acknowledge
 from cdk_constructs.observability import ServerLogs
@@ -54,20 +52,12 @@ class SingleServer(Construct):
                                         region=Stack.of(self).region)
         init = bootstrap.app_server_init(self.layout, local, local_database=True, in_place_updates=True,
                                          agent=self.logs.agent_init(mount_points=["/"]))
-        self.app_servers = AppServer(
-            self, "AppServer", vpc=vpc, subnets=subnets.public_or_default(), instance_type=servers.instance_type,
-            machine_image=data_server_image, init=init, service_port=self.layout.service_port,
-            key_pair=servers.key_pair, admin_cidrs=servers.admin_cidrs,
-            termination_protection=servers.termination_protection, root_volume_gib=servers.root_volume_gib)
-        self.logs.grant(self.app_servers.role, server="AppServer")
+        # The server holds the data: its image is resolved at launch, so a new AMI never replaces it.
+        self.app_servers, self.url = parts.public_app_server(
+            self, layout=self.layout, init=init, machine_image=data_server_image, vpc=vpc, servers=servers,
+            subnets=subnets, domain=domain, logs=self.logs)
         self.database_secret.grant_read(self.app_servers.role)
-        parts.grant_app_secrets(self, self.app_servers.role, self.layout.app)
         self.connections = self.app_servers.connections
-        self.domain_record = parts.address_record(
-            self, domain, route53.RecordTarget.from_ip_addresses(self.app_servers.elastic_ip.attr_public_ip))
-        self.url = f"http://{domain.name}/" if domain else self.app_servers.url
-        parts.add_outputs(self, url=self.url,
-                          session_manager_command=self.app_servers.session_manager_command(Stack.of(self).region))
 
     def watch(self, monitoring: ServiceMonitoring) -> None:
         parts.watch_app_server(monitoring, self.app_servers.instance)
