@@ -107,7 +107,7 @@ def test_checks_fail_when_the_deployment_differs_from_the_config(deployed):
     wrong = dataclasses.replace(
         staging,
         servers=dataclasses.replace(staging.servers, desired_servers=3, instance_type="t3.large"),
-        load_balancer=dataclasses.replace(staging.load_balancer, health_check_path="/elsewhere"),
+        app=dataclasses.replace(staging.app, health_path="/elsewhere"),
         network=dataclasses.replace(staging.network, nat_gateways=2))
     report = _reports(deployed, staging=wrong)["staging"]
     failed = {c.name.split(":")[0] for c in report.checks if c.status == FAIL}
