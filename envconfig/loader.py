@@ -17,7 +17,7 @@ from typing import Any, get_args, get_origin
 from pydantic import TypeAdapter, ValidationError
 
 from envconfig.model import ENV_NAME, REPO_ROOT, EnvironmentConfig
-from envconfig.validation import PROBLEM
+from envconfig.validation import PROBLEM, shown
 
 CONFIG_DIR = REPO_ROOT / "config"
 _ENV_NAME = re.compile(ENV_NAME)
@@ -117,7 +117,7 @@ def problem_lines(env: str, err: ValidationError) -> list[str]:
         elif kind in _UNKNOWN_FIELD:
             text = f"unknown field; allowed: {', '.join(_fields(_walk(loc[:-1])[0]))}"
         else:   # validation.INVALID, or a type or range pydantic checked for the field
-            text = f"got {_shown(error['input'])}; allowed: {allowed}"
+            text = f"got {shown(error['input'])}; allowed: {allowed}"
         line = f"environment {env!r}: {_dotted(loc)}: {text}" if loc else f"environment {env!r}: {text}"
         if line not in lines:
             lines.append(line)
@@ -154,8 +154,3 @@ def _walk(loc: tuple) -> tuple[type | None, Any]:
         else:                        # a list index or table key: the error stays the field's
             model = None
     return model, field
-
-
-def _shown(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 200 else text[:197] + "..."

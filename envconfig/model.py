@@ -21,7 +21,7 @@ from pydantic_core import PydanticUndefined
 from app_tier import render
 from envconfig.instance_types import INSTANCE_FAMILIES, allowed_sizes, split_instance_type, vcpu_count
 from envconfig.regions import AVAILABILITY_ZONES
-from envconfig.validation import MODEL_CONFIG, FrozenDict, Problems, Section, fill, invalid, problem, read, rule
+from envconfig.validation import MODEL_CONFIG, FrozenDict, Problems, Section, fill, invalid, problem, read, rule, shown
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -161,7 +161,7 @@ def _zone_list(zones: tuple[str, ...]) -> tuple[str, ...]:
     if len(zones) > 3:
         found.add((), f"got {len(zones)} zones; allowed: 1 to 3")
     if len(set(zones)) != len(zones):
-        found.add((), f"got {list(zones)}: a zone is listed twice; allowed: each zone once")
+        found.add((), f"got {shown(zones)}: a zone is listed twice; allowed: each zone once")
     found.raise_if_any("availability_zones")
     return zones
 
@@ -196,7 +196,7 @@ def _ami(value: Any) -> str | dict[str, str]:
         if not re.fullmatch(_REGION, region):
             found.add((region,), f"got the key {region!r}; allowed: region names such as ap-northeast-2")
         elif not isinstance(ami_id, str) or not _AMI_ID.fullmatch(ami_id):
-            found.add((region,), f"got {ami_id!r}; allowed: an AMI ID like ami-0123456789abcdef0")
+            found.add((region,), f"got {shown(ami_id)}; allowed: an AMI ID like ami-0123456789abcdef0")
     found.raise_if_any("ami")
     return FrozenDict(value)
 
@@ -261,7 +261,7 @@ class DatabaseConfig(Section):
     @rule
     def _multi_az_is_rds(c, found: Problems) -> None:
         if c.multi_az and c.kind == "ec2":
-            found.add("multi_az", "got True with database.kind 'ec2'; allowed: false for an EC2 database server")
+            found.add("multi_az", "got true with database.kind 'ec2'; allowed: false for an EC2 database server")
 
 
 def _admin_cidrs(cidrs: tuple[str, ...]) -> tuple[str, ...]:
@@ -408,7 +408,7 @@ def _environment(value: Any) -> dict[str, str]:
             found.add((name,), "got a plain value for a secret's name; allowed: none here, it belongs in "
                                "[app.secrets] (read at boot, never written into the template)")
         elif not isinstance(text, str):
-            found.add((name,), f"got {text!r}; allowed: a string (in quotes)")
+            found.add((name,), f"got {shown(text)}; allowed: a string (in quotes)")
         elif "\n" in text or "\r" in text or "\0" in text:
             found.add((name,), f"got a value of {len(text.splitlines())} lines; allowed: a single-line string")
     found.raise_if_any("environment")
@@ -432,11 +432,11 @@ class AppSecretRef(Section):
         stores = [s for s in SECRET_STORES if s in raw]
         unknown = sorted(set(raw) - {*SECRET_STORES, "key"})
         if len(stores) != 1 or unknown:
-            found.add((), f"got {raw!r}; allowed: {forms}")
+            found.add((), f"got {shown(raw)}; allowed: {forms}")
             found.raise_if_any(cls.__name__)
         store = stores[0]
         if not isinstance(raw[store], str):
-            found.add(store, f"got {raw[store]!r}; allowed: the {'secret' if store != 'ssm' else 'parameter'}'s "
+            found.add(store, f"got {shown(raw[store])}; allowed: the {'secret' if store != 'ssm' else 'parameter'}'s "
                              "name or ARN, in quotes")
             found.raise_if_any(cls.__name__)
         raw["store"], raw["name"] = store, raw.pop(store)
@@ -553,7 +553,7 @@ class DomainConfig(Section):
         if not name:
             for field in ("hosted_zone_id", "hosted_zone_name"):
                 if getattr(c, field):
-                    found.add(field, f"got {getattr(c, field)!r}, but domain.name is \"\"; allowed: \"\" "
+                    found.add(field, f"got {shown(getattr(c, field))}, but domain.name is \"\"; allowed: \"\" "
                                      "(set domain.name to serve a domain)")
 
 
@@ -584,6 +584,10 @@ def _processes_default(stage: Any, instance_type: Any) -> int:
 
 @dataclass(frozen=True, config=MODEL_CONFIG, kw_only=True)
 class EnvironmentConfig(Section):
+    """One environment: config/<name>.toml, checked as a whole. Defaults that depend on other sections
+    (the database's instance type and Multi-AZ, the app's processes per server) are filled in `_prepare`;
+    the rules between sections are the `@rule` methods below."""
+
     name: Annotated[str, _matching(ENV_NAME)] = _text(
         allowed="lowercase letters, digits and '-' (at most 20 characters, starting with a letter)")
     stage: Annotated[Stage, PlainValidator(_stage)] = Field(
@@ -703,5 +707,5 @@ class EnvironmentConfig(Section):
     def _an_image_for_the_region(c, found: Problems) -> None:
         ami = c.servers.ami
         if isinstance(ami, dict) and c.region not in ami:
-            found.add(("servers", "ami"), f"got {ami!r}, with no AMI for region {c.region}; allowed: add "
+            found.add(("servers", "ami"), f"got {shown(ami)}, with no AMI for region {c.region}; allowed: add "
                                           f"{c.region} = \"ami-...\", or \"al2023\"")

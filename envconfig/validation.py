@@ -1,8 +1,8 @@
 """How the config models report problems: every problem at once, each worded for the file's editor.
 
-pydantic checks each field on its own and stops a model at the first failing field, so rules that
-compare fields (min <= desired <= max, stage 4 needs two zones) would be silent while any field is
-wrong. `Section` runs its rules after the field checks either way: when some fields failed, on a view
+pydantic reports every field's error, but runs a model's own validators only once all its fields
+passed, so rules that compare fields (min <= desired <= max, stage 4 needs two zones) would be silent
+while any field is wrong. `Section` runs its rules after the field checks either way: when some fields failed, on a view
 of the fields that passed, skipping only the rules that need a failed one.
 
 Two kinds of error leave the models, besides pydantic's own:
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import re
 from functools import cache
 from typing import Annotated, Any
 
@@ -40,6 +41,24 @@ def invalid() -> PydanticCustomError:
 
 
 Loc = tuple[str | int, ...]
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def shown(value: Any, limit: int = 200) -> str:
+    """A value as the file's editor wrote it: TOML's true/false and { key = value } (strings quoted
+    'like this' are TOML literal strings too), shortened past `limit` characters."""
+    def toml(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, list | tuple):
+            return "[" + ", ".join(toml(x) for x in v) + "]"
+        if isinstance(v, dict):
+            items = (f"{k if isinstance(k, str) and _BARE_KEY.fullmatch(k) else repr(k)} = {toml(x)}"
+                     for k, x in v.items())
+            return "{ " + ", ".join(items) + " }" if v else "{}"
+        return repr(v)
+    text = toml(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 class FrozenDict(dict):
@@ -142,7 +161,7 @@ class Section:
         found = Problems()
         for old, new in cls.MOVED.items():
             if old in raw:
-                found.add(old, f"got {raw.pop(old)!r}, but this field moved to {new}; allowed: set {new} instead")
+                found.add(old, f"got {shown(raw.pop(old))}, but this field moved to {new}; allowed: set {new} instead")
         cls._prepare(raw, found)
         try:
             value = view = handler(raw)

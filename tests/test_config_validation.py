@@ -141,6 +141,11 @@ BAD_VALUES = [
     (DEV, "database.multi_az", True, "database.multi_az", "allowed: false for an EC2 database server"),
     (PROD, "database.multi_az", 1, "database.multi_az", "true or false"),
     (PROD, "database.root_volume_gib", 4, "database.root_volume_gib", "8 to 1024"),
+    # values are shown as TOML writes them, and no type is coerced (strict fields)
+    (PROD, "network.nat_gateways", True, "network.nat_gateways", "got true; allowed: a whole number from 0 to 3"),
+    (PROD, "network.interface_endpoints", 1, "network.interface_endpoints", "got 1; allowed: true or false"),
+    (PROD, "servers.min_servers", 2.0, "servers.min_servers", "got 2.0; allowed: a whole number from 1 to 100"),
+    (PROD, "servers.ami", {"ap-northeast-2": "ami-1"}, "servers.ami.ap-northeast-2", "got 'ami-1'; allowed: an AMI ID"),
 ]
 
 _DOMAIN = {"name": "app.example.com", "hosted_zone_id": "Z0123456789ABCDEFGHIJ"}
