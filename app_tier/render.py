@@ -75,7 +75,7 @@ def _check(ok: bool, message: str) -> None:
 
 
 _ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
-_PLACEHOLDERS = {"bind", "host", "port", "app_root"}
+START_COMMAND_PLACEHOLDERS = ("bind", "host", "port", "app_root")  # what app_start_command fills in
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -118,8 +118,9 @@ class AppSpec:
         _check("{bind}" in self.start_command or "{port}" in self.start_command,
                "start_command must contain {bind} or {port}: the port each copy listens on")
         _check("\n" not in self.start_command, "start_command is one line")
-        unknown = {name for name in re.findall(r"{(\w*)}", self.start_command)} - _PLACEHOLDERS
-        _check(not unknown, f"start_command: unknown placeholders {sorted(unknown)}; allowed: {sorted(_PLACEHOLDERS)}")
+        unknown = {name for name in re.findall(r"{(\w*)}", self.start_command)} - set(START_COMMAND_PLACEHOLDERS)
+        _check(not unknown, f"start_command: unknown placeholders {sorted(unknown)}; "
+                            f"allowed: {list(START_COMMAND_PLACEHOLDERS)}")
         for name, value in self.environment.items():
             _check(bool(_ENV_NAME.match(name)), f"bad environment variable name {name!r}")
             _check("\n" not in value, f"environment variable {name} has a newline")

@@ -40,7 +40,7 @@ def app_server_init(layout: render.ServerLayout, database: render.DatabaseEndpoi
     server = render.single_server_bootstrap(layout, database) if local_database else \
         render.app_server_bootstrap(layout, database)
     # The app's code ships as an S3 asset: a change to it is a new asset, hence new Init metadata.
-    app_source = ec2.InitSource.from_asset(f"{layout.app_root}/app", str(render.APP_SOURCE_DIR))
+    app_source = ec2.InitSource.from_asset(f"{layout.app_root}/app", layout.app.source_dir)
     configs["app"] = _config(server, sources=[app_source])
     return _init(configs, in_place_updates)
 

@@ -51,11 +51,11 @@ SECRET_STORES: tuple[str, ...] = get_args(SecretStore)
 # The smallest burstable type of each architecture: an EC2 database server shares the app's.
 DEFAULT_DATABASE_INSTANCE_TYPES = {"x86_64": "t3.micro", "arm64": "t4g.micro"}
 DEFAULT_APP_SOURCE = "app_tier/sample_app"
-DEFAULT_HEALTH_PATH = "/health"   # app_tier.render has no constant for it yet
-START_COMMAND_PLACEHOLDERS = ("bind", "host", "port", "app_root")   # what render.app_start_command fills in
-# What render.app_environment and the app's systemd unit set: an app variable may not replace them.
-RESERVED_VARIABLES = ("DB_HOST", "DB_PORT", "DB_NAME", "DB_USER", "DB_PASSWORD_FILE", "APP_STAGE", "PYTHONUNBUFFERED",
-                      "PYTHONDONTWRITEBYTECODE", "PATH", "HOME", "USER")
+DEFAULT_HEALTH_PATH = render.DEFAULT_HEALTH_PATH
+START_COMMAND_PLACEHOLDERS = render.START_COMMAND_PLACEHOLDERS   # what render.app_start_command fills in
+# What the platform sets (render.app_environment, the app's systemd unit and the login): an app
+# variable may not replace them.
+RESERVED_VARIABLES = (*render.PLATFORM_ENVIRONMENT, "PATH", "HOME", "USER")
 # A plain [app.environment] value is written into the template; a name like these is a secret's.
 SECRET_NAME_PARTS = ("PASSWORD", "SECRET", "TOKEN", "API_KEY", "PRIVATE_KEY")
 LOG_RETENTION_DAYS = (1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922,

@@ -24,24 +24,8 @@ REMOVAL_POLICIES = {"destroy": RemovalPolicy.DESTROY, "retain": RemovalPolicy.RE
                     "snapshot": RemovalPolicy.SNAPSHOT}
 
 
-def _interim(config):  # TEMPORARY until envconfig carries [app]/[domain]: remove with the config model change
-    import types
-    if hasattr(config, "app"):
-        return config
-    app = types.SimpleNamespace(source_dir=str(render.APP_SOURCE_DIR), start_command=render.DEFAULT_START_COMMAND,
-                                health_path=config.load_balancer.health_check_path, packages=(), environment={},
-                                secrets={}, processes_per_server=config.servers.processes_per_server)
-    ops = types.SimpleNamespace(**vars(config.operations), deletion_protection=config.is_production)
-    db = types.SimpleNamespace(**vars(config.database), root_volume_gib=16,
-                               multi_az=config.is_production and config.database.kind == "rds")
-    fields = {k: getattr(config, k) for k in config.__dataclass_fields__}
-    fields.update(app=app, domain=types.SimpleNamespace(enabled=False), operations=ops, database=db,
-                  is_production=config.is_production, stack_name=config.stack_name)
-    return types.SimpleNamespace(**fields)
-
-
 def app_spec(config: EnvironmentConfig) -> render.AppSpec:
-    app = _interim(config).app
+    app = config.app
     return render.AppSpec(
         source_dir=app.source_dir, start_command=app.start_command, health_path=app.health_path,
         packages=tuple(app.packages), environment=dict(app.environment),
@@ -50,7 +34,6 @@ def app_spec(config: EnvironmentConfig) -> render.AppSpec:
 
 
 def server_props(config: EnvironmentConfig, *, key_pair: ec2.IKeyPair | None) -> ServerProps:
-    config = _interim(config)
     servers = config.servers
     return ServerProps(
         instance_type=servers.instance_type, architecture=servers.architecture,
@@ -64,7 +47,6 @@ def server_props(config: EnvironmentConfig, *, key_pair: ec2.IKeyPair | None) ->
 
 
 def database_props(config: EnvironmentConfig, network: Network) -> DatabaseProps:
-    config = _interim(config)
     database = config.database
     return DatabaseProps(
         kind=database.kind, instance_type=database.instance_type, storage_gib=database.storage_gib,
@@ -78,7 +60,6 @@ def database_props(config: EnvironmentConfig, network: Network) -> DatabaseProps
 
 
 def load_balancer_props(scope: Construct, config: EnvironmentConfig, *, custom_resources: bool) -> LoadBalancerProps:
-    config = _interim(config)
     balancer, protect = config.load_balancer, config.is_production
     certificate = acm.Certificate.from_certificate_arn(scope, "Certificate", balancer.certificate_arn) \
         if balancer.certificate_arn else None
@@ -92,7 +73,6 @@ def load_balancer_props(scope: Construct, config: EnvironmentConfig, *, custom_r
 
 
 def domain(scope: Construct, config: EnvironmentConfig) -> Domain | None:
-    config = _interim(config)
     if not config.domain.enabled:
         return None
     zone = route53.HostedZone.from_hosted_zone_attributes(

@@ -62,7 +62,7 @@ class WebServiceStack(Stack):
             props["load_balancer"] = mapping.load_balancer_props(self, config, custom_resources=custom_resources)
             props["notifications"] = self.alarm_topic
         if stage_class is MultiProcess:
-            props["processes_per_server"] = mapping._interim(config).app.processes_per_server
+            props["processes_per_server"] = config.app.processes_per_server
         self.service = stage_class(self, "Service", **props)
         self.monitoring = ServiceMonitoring(self, "Monitoring", name=config.stack_name, topic=self.alarm_topic)
         self.service.watch(self.monitoring)

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import tomllib
 from pathlib import Path
 
 from aws_cdk import App
 
 from envconfig import EnvironmentConfig, Stage, load_environments
+from envconfig.loader import CONFIG_DIR, parse_environment
 from stacks import add_environments, cli_context
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,13 +35,35 @@ def _variant(base: EnvironmentConfig, name: str, **changes) -> EnvironmentConfig
     return dataclasses.replace(base, name=name, **replaced, **changes)
 
 
+def _merged(base: dict, changes: dict) -> dict:
+    merged = dict(base)
+    for key, value in changes.items():
+        merged[key] = _merged(base.get(key, {}), value) if isinstance(value, dict) else value
+    return merged
+
+
+def from_files(name: str, base: str, *changes: dict) -> EnvironmentConfig:
+    """An environment built as a fork builds one: an environment file with tables changed, read by envconfig."""
+    raw = tomllib.loads((CONFIG_DIR / f"{base}.toml").read_text())
+    for change in changes:
+        raw = _merged(raw, change)
+    return parse_environment(name, raw)
+
+
+# The ASGI sample's [app] table, as the boot rehearsal's stage-2 server runs it.
+ASGI_APP = tomllib.loads((ROOT / "rehearsal" / "asgi-app.toml").read_text())
+ZONE_ID = "Z0123456789ABCDEFGHIJ"
+
+
 def variant_configs() -> list[EnvironmentConfig]:
     shipped = {c.name: c for c in load_environments()}
-    dev, staging, prod = shipped["dev"], shipped["staging"], shipped["prod"]
+    staging, prod = shipped["staging"], shipped["prod"]
     return [
-        _variant(dev, "stage2ec2", stage=Stage.SEPARATE_DATABASE,
-                 network={"vpc_cidr": "10.40.0.0/16", "interface_endpoints": True},
-                 access={"key_pair": "create", "admin_cidrs": ("203.0.113.0/24",)}),
+        # dev grown to stage 2, swapped to the ASGI app with secrets, on a domain: by config alone.
+        from_files("stage2ec2", "dev", ASGI_APP, {
+            "stage": 2, "network": {"vpc_cidr": "10.40.0.0/16", "interface_endpoints": True},
+            "access": {"key_pair": "create", "admin_cidrs": ["203.0.113.0/24"]},
+            "domain": {"name": "shop.example.com", "hosted_zone_id": ZONE_ID}}),
         _variant(prod, "stage2rds", stage=Stage.SEPARATE_DATABASE,
                  network={"vpc_cidr": "10.50.0.0/16", "nat_gateways": 0},
                  operations={"removal_policy": "snapshot"},

@@ -3,6 +3,7 @@ rolling out an app change without touching anything stateful."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
@@ -73,7 +74,6 @@ def test_alarm_topic_is_encrypted_ssl_only_and_mails_the_configured_address(synt
 
 
 def test_an_alarm_email_subscribes_to_the_topic():
-    import dataclasses
 
     prod = load_environment("prod")
     config = dataclasses.replace(prod, name="mailed", operations=dataclasses.replace(
@@ -128,22 +128,19 @@ def test_ec2_held_data_is_backed_up_daily_with_the_configured_retention(synthesi
 
 
 @pytest.fixture(scope="module")
-def changed_app_templates(tmp_path_factory, monkeypatch_module):
+def changed_app_templates(tmp_path_factory):
     """dev and prod synthesized again after a one-line change to one file of the app."""
     source = tmp_path_factory.mktemp("app") / "sample_app"
     shutil.copytree(render.APP_SOURCE_DIR, source, ignore=shutil.ignore_patterns("__pycache__"))
     app_file = source / "app.py"
     app_file.write_text(app_file.read_text() + "\n# a one-line change to the app\n")
-    monkeypatch_module.setattr(render, "APP_SOURCE_DIR", source)
-    app, stacks = build_app([load_environment("dev"), load_environment("prod")])
+    # A fork's app lives where [app] source says; here, the changed copy.
+    configs = [dataclasses.replace(config, app=dataclasses.replace(config.app, source=str(source)))
+               for config in (load_environment("dev"), load_environment("prod"))]
+    app, stacks = build_app(configs)
     assembly = app.synth()
     return {name: assembly.get_stack_by_name(stack.stack_name).template for name, stack in stacks.items()}
 
-
-@pytest.fixture(scope="module")
-def monkeypatch_module():
-    with pytest.MonkeyPatch.context() as patch:
-        yield patch
 
 
 def _stateful(template: dict) -> dict:
@@ -189,7 +186,6 @@ CONNECTION = "arn:aws:codeconnections:ap-northeast-2:123456789012:connection/111
 
 @pytest.fixture(scope="module")
 def pipeline_assembly(tmp_path_factory):
-    import dataclasses
 
     from envconfig import load_environments
 
@@ -241,7 +237,7 @@ def test_the_cloudwatch_agent_ships_the_files_the_servers_write(stage):
 
     from cdk_constructs.observability import ServerLogs
 
-    layout = render.ServerLayout(stage=stage, processes=2)
+    layout = render.ServerLayout(proxy=stage == 4, processes=2)
     database = render.DatabaseEndpoint(host="10.0.0.5", secret_arn="arn:aws:secretsmanager:ap-northeast-2:1:secret:x")
     files = render.app_server_files(layout, database)
     units = [f.content for path, f in files.items() if path.endswith(".service") and "/app" in path]

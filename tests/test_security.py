@@ -170,7 +170,7 @@ def test_group_rolls_in_batches_keeping_capacity_and_waiting_on_signals(synthesi
 def test_health_check_takes_a_dead_server_out_within_15_seconds(templates, cdk_app, env):
     config = _config(cdk_app, env)
     templates[env].has_resource_properties("AWS::ElasticLoadBalancingV2::TargetGroup", {
-        "HealthCheckPath": config.load_balancer.health_check_path,
+        "HealthCheckPath": config.app.health_path,
         "HealthCheckIntervalSeconds": 5,
         "HealthCheckTimeoutSeconds": 4,
         "UnhealthyThresholdCount": 3,
