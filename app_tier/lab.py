@@ -1,15 +1,22 @@
 """Run one server's app tier on loopback, for real: PostgreSQL, N app copies and nginx (stage 4).
 
     python -m app_tier.lab --stage 4 --processes 2 --port 8080
+    python -m app_tier.lab --env dev            # the app that config/dev.toml's [app] names
+    python -m app_tier.lab --app-source app_tier/sample_asgi --start-command '...' --health-path /health
 
 Everything comes from app_tier.render, as on a server: the copies' start command and
 environment, the nginx config (only its paths and listen address differ) and the database's
 settings, access rules and setup SQL. A supervisor plays systemd's Restart=always. The lab
 installs nothing; when nginx or PostgreSQL is missing it says which package to install.
 
+The app is the one an environment's [app] names (render.AppSpec): its source, start command,
+health path and environment. Its secrets cannot be read from AWS here: their values come from
+`secret_values`, else from the lab's own environment (a variable of the same name), else a
+placeholder, and reach the copies' environment as systemd's EnvironmentFile= would.
+
 Tests and benchmarks use the Python API:
 
-    with Lab(stage=4, processes=2, port=0) as lab:
+    with Lab(stage=4, processes=2, port=0, app=render.AppSpec(...)) as lab:
         lab.url, lab.app_pids(), lab.stop_database(), lab.start_database()
 """
 
@@ -31,6 +38,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Self
 
@@ -168,9 +176,11 @@ class Lab:
     """One server's app tier on loopback. Use as a context manager; `url` is where clients go."""
 
     def __init__(self, *, stage: int = 4, processes: int | None = None, port: int = 0,
-                 app: render.AppSpec | None = None, keep_dir: bool = False) -> None:
+                 app: render.AppSpec | None = None, secret_values: Mapping[str, str] | None = None,
+                 keep_dir: bool = False) -> None:
         self.stage = stage
         self.app = app or render.AppSpec()
+        self.secret_values = dict(secret_values or {})
         self.processes = processes or os.cpu_count() or 1
         self.port = port or free_port()
         self.keep_dir = keep_dir
@@ -246,6 +256,10 @@ class Lab:
                                           service_port=self.port, first_app_port=first_app_port,
                                           app_root=str(app_root))
         self.processes = self.layout.processes
+        program = shlex.split(render.app_start_command(self.layout, "127.0.0.1:0"))[0]
+        if not os.access(program, os.X_OK):  # the lab runs the project's venv, not one built from the app's
+            raise RuntimeError(f"the start command runs {program}, which is not installed here: add the app's "
+                               "requirements to requirements-dev.txt (pinned as in its requirements.txt)")
 
         database = render.DatabaseEndpoint(host="127.0.0.1", port=free_port())
         password = secrets.token_urlsafe(24)
@@ -257,7 +271,8 @@ class Lab:
         self._db.create()
 
         env = {"PATH": f"{venv_bin}:{os.environ.get('PATH', '')}", "LANG": "C.UTF-8", "HOME": str(self.dir),
-               **render.app_environment(self.layout, database, password_file=str(password_file))}
+               **render.app_environment(self.layout, database, password_file=str(password_file)),
+               **self.app_secrets()}
         binds = render.app_binds(self.layout, public_host="127.0.0.1")
         programs = {name: shlex.split(render.app_start_command(self.layout, bind))
                     for name, bind in zip(self._copy_names(), binds, strict=False)}
@@ -268,6 +283,11 @@ class Lab:
         if self.stage == 4:
             self._start_nginx()
             self._wait_ok(f"{self.url}{self.layout.health_path}", "nginx")
+
+    def app_secrets(self) -> dict[str, str]:
+        """The values the app's secrets get here (on a server: read at boot from AWS)."""
+        return {name: self.secret_values.get(name) or os.environ.get(name) or placeholder_secret(name)
+                for name in self.app.secrets}
 
     def _copy_names(self) -> list[str]:
         return [unit.removesuffix(".service") for unit in render.app_units(self.layout)]
@@ -316,6 +336,19 @@ class Lab:
             shutil.rmtree(self.dir, ignore_errors=True)
 
 
+def placeholder_secret(name: str) -> str:
+    return f"lab-placeholder-for-{name}"
+
+
+def app_for_environment(name: str):
+    """(the environment's config, its app as render.AppSpec), through the stacks' one mapper."""
+    from envconfig import load_environment  # the CDK app's modules: only when --env asks for them
+    from stacks.config_mapping import app_spec
+
+    config = load_environment(name)
+    return config, app_spec(config)
+
+
 def nginx_command(conf: Path, error_log: str) -> list[str]:
     """nginx with this config; -e keeps nginx's start-up messages out of the system's log path."""
     return [find_nginx() or "nginx", "-p", str(conf.parent), "-c", str(conf), "-e", error_log]
@@ -327,11 +360,38 @@ def _interrupt(*_) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m app_tier.lab", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--stage", type=int, choices=(1, 2, 3, 4), default=4)
-    parser.add_argument("--processes", type=int, default=None, help="app copies (stage 4); default: CPU count")
+    parser.add_argument("--stage", type=int, choices=(1, 2, 3, 4), default=None,
+                        help="default: the environment's stage with --env, else 4")
+    parser.add_argument("--processes", type=int, default=None,
+                        help="app copies (stage 4); default: the environment's processes_per_server, else CPU count")
     parser.add_argument("--port", type=int, default=8080, help="where clients connect; 0 picks a free port")
+    parser.add_argument("--env", help="run the app that config/ENV.toml's [app] names (default: the WSGI sample)")
+    parser.add_argument("--app-source", help="the app's directory (code and requirements.txt)")
+    parser.add_argument("--start-command", help="one line with {bind} or {host}/{port}, and {app_root}")
+    parser.add_argument("--health-path", help="what answers 200 while the app is up")
     args = parser.parse_args(argv)
-    missing = missing_tools(args.stage)
+    app, stage, processes = render.AppSpec(), args.stage, args.processes
+    if args.env:
+        from envconfig import ConfigError
+        try:
+            config, app = app_for_environment(args.env)
+        except (ConfigError, FileNotFoundError) as error:
+            print(f"lab: --env {args.env}: {error}", file=sys.stderr)
+            return 2
+        stage = stage or int(config.stage)
+        processes = processes or getattr(config.app, "processes_per_server", None)
+    overrides = {key: value for key, value in (("source_dir", args.app_source), ("start_command", args.start_command),
+                                               ("health_path", args.health_path)) if value is not None}
+    try:
+        app = dataclasses.replace(app, **overrides)
+    except ValueError as error:
+        print(f"lab: {error}", file=sys.stderr)
+        return 2
+    if not Path(app.source_dir, "requirements.txt").is_file():
+        print(f"lab: the app's source {app.source_dir} has no requirements.txt", file=sys.stderr)
+        return 2
+    stage = stage or 4
+    missing = missing_tools(stage)
     if missing:
         for message in missing:
             print(f"lab: {message}", file=sys.stderr)
@@ -339,13 +399,19 @@ def main(argv: list[str] | None = None) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):  # SIGINT too: a background job starts with it ignored
         signal.signal(signum, _interrupt)
     try:
-        with Lab(stage=args.stage, processes=args.processes, port=args.port) as lab:
+        with Lab(stage=stage, processes=processes, port=args.port, app=app) as lab:
             front = "nginx" if lab.stage == 4 else "the app itself"
             print(f"lab: stage {lab.stage}, {lab.processes} app process(es) behind {front}, PostgreSQL "
                   f"on 127.0.0.1:{lab.database.port}; files in {lab.dir}")
+            print(f"lab: app {app.source_dir}: {app.start_command}")
+            placeholders = sorted(name for name, value in lab.app_secrets().items()
+                                  if value == placeholder_secret(name))
+            if placeholders:
+                print(f"lab: secrets not read from AWS here; placeholders for {', '.join(placeholders)}"
+                      " (export a variable of the same name to give a value)")
             for url, pid in zip(lab.app_urls(), lab.app_pids(), strict=False):
                 print(f"lab:   copy {url} (pid {pid})")
-            print(f"lab: serving {lab.url}/  (also /health, /ready, /work?n=100000); Ctrl-C stops")
+            print(f"lab: serving {lab.url}/  (also {app.health_path}); Ctrl-C stops")
             sys.stdout.flush()
             while True:
                 time.sleep(3600)

@@ -1,17 +1,21 @@
 """The boot rehearsal: every kind of server in the synthesized templates, booted for real.
 
 For each environment: synthesize, find its servers in the template, create what they call in
-the emulator (the database secret, the data volume, an instance ID), boot each in a
-systemd-nspawn container with the resolved user data and Init metadata, and check boot, load,
-crash, reboot, in-place update and a broken app. See README "The boot rehearsal".
+the emulator (the database secret, the data volume, an instance ID, and the app's own secrets
+that config names, as the user would before deploying), boot each in a systemd-nspawn container
+with the resolved user data and Init metadata, and check boot, the app config names and its
+environment, load, crash, reboot, in-place update and a broken app. See README "The boot rehearsal".
 """
 
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
+import re
 import secrets
+import shlex
 import shutil
 import subprocess
 import sys
@@ -27,6 +31,7 @@ import boto3
 
 from app_tier import render
 from app_tier.loadgen import Load
+from envconfig import ConfigError
 from rehearsal import container as ct
 from rehearsal import firewall, synth
 from rehearsal import template as tpl
@@ -50,7 +55,8 @@ def standins_for(server: tpl.Server) -> list[str]:
         "cfn-hup": "cfn-hup" in text,
         "S3 asset": any(c.get("sources") for c in configs),
         "PyPI wheelhouse": "pip install" in text,
-        "AWS CLI -> emulator": "secretsmanager" in text or "attach-volume" in text,
+        "AWS CLI -> emulator": "secretsmanager" in text or "attach-volume" in text
+                               or render.FETCH_APP_SECRETS_SCRIPT in text,
         "ec2-metadata": "ec2-metadata" in text,
         "EBS loop device": "attach-volume" in text,
     }
@@ -158,12 +164,15 @@ class CfnStack:
 
 
 class Environment:
-    def __init__(self, name: str, stack: str, region: str, assembly: Path, emulator: Emulator,
+    def __init__(self, name: str, raw: dict, config, assembly: Path, emulator: Emulator,
                  root: Path, wheelhouse: Path, first_index: int) -> None:
-        self.name, self.stack, self.region = name, stack, region
+        from stacks.config_mapping import app_spec  # the one mapper from config to the app contract
+
+        self.name, self.stack, self.region = name, config.stack_name, config.region
+        self.raw, self.config, self.app = raw, config, app_spec(config)
         self.assembly = assembly
-        self.template = tpl.load(assembly, stack)
-        self.servers = tpl.servers(self.template, stack)
+        self.template = tpl.load(assembly, self.stack)
+        self.servers = tpl.servers(self.template, self.stack)
         self.emulator = emulator
         self.root, self.wheelhouse = root, wheelhouse
         self.next_index = first_index
@@ -171,6 +180,7 @@ class Environment:
         self.refs: dict[str, str] = {}
         self.attributes: dict[tuple[str, str], str] = {}
         self.secret_values: dict[str, dict] = {}
+        self.app_secret_values: dict[str, str] = {}  # what the emulator holds for each [app.secrets] variable
 
     # Each server of an environment has a fixed slot, so its address is known before it exists
     # (the broken app's metadata names the database's address before the database boots).
@@ -236,6 +246,32 @@ class Environment:
         for lid, res in resources.items():  # an attachment's Ref is its secret's ARN
             if res["Type"] == "AWS::SecretsManager::SecretTargetAttachment":
                 self.refs[lid] = self.refs[res["Properties"]["SecretId"]["Ref"]]
+        self.seed_app_secrets()
+
+    def seed_app_secrets(self) -> None:
+        """The secrets and parameters the app's config names exist before the deploy: the user
+        creates them (the README says so). Here the rehearsal plays that user, in the emulator."""
+        seeded = []
+        for variable, ref in sorted(self.app.secrets.items()):
+            if ref.name.startswith("arn:"):
+                raise ct.RehearsalError(f"{self.name}: [app.secrets] {variable} names an ARN; the rehearsal "
+                                        "creates secrets by name, so give it a name")
+            # A value with what systemd's environment files treat specially: quotes, $, a backslash.
+            value = f"{secrets.token_hex(8)} \"quoted\" $HOME \\back`tick`"
+            if ref.store == "ssm":
+                self.emulator.client("ssm", self.region).put_parameter(
+                    Name=ref.name, Value=value, Type="SecureString", Overwrite=True)
+                seeded.append(f"SSM parameter {ref.name} -> {variable}")
+            else:
+                sm = self.emulator.client("secretsmanager", self.region)
+                stored = json.dumps({ref.key: value, "unused": secrets.token_hex(8)}) if ref.key else value
+                sm.create_secret(Name=ref.name, SecretString=stored)
+                seeded.append(f"Secrets Manager secret {ref.name}{f' (JSON key {ref.key})' if ref.key else ''}"
+                              f" -> {variable}")
+            self.app_secret_values[variable] = value
+        if seeded:
+            say(f"rehearsal: {self.name}: seeded by the rehearsal, standing in for the user who creates them "
+                f"before deploying: {'; '.join(seeded)}")
 
     def publish(self, c: ct.Container, server: tpl.Server, assembly: Path, template: dict) -> None:
         """What CloudFormation and S3 hand this server: its assets first, then its resolved metadata
@@ -416,6 +452,68 @@ def check_app_server(env: Environment, c: ct.Container, server: tpl.Server, resu
         result.ok(f"crash(restarted in {15 - (deadline - time.monotonic()):.1f} s)")
 
 
+def process_info(c: ct.Container, pid: str) -> tuple[list[str], dict[str, str], str]:
+    """A process's command line, environment and unit, read inside the server (nsenter into its
+    namespaces): what the process really got, not what a file says it should."""
+    cmdline = c.run(f"cat /proc/{pid}/cmdline").stdout.split("\0")
+    environ = dict(item.split("=", 1) for item in c.run(f"cat /proc/{pid}/environ").stdout.split("\0") if "=" in item)
+    unit = c.run(f"cat /proc/{pid}/cgroup").stdout.strip().rsplit("/", 1)[-1]
+    return [arg for arg in cmdline if arg], environ, unit
+
+
+def check_app_contract(env: Environment, c: ct.Container, server: tpl.Server, result: Result) -> None:
+    """The app that config's [app] names is the one that answers, with the environment config gives
+    it: its plain variables as written, its secrets exactly as the emulator holds them, and no secret
+    value in anything a template, user data or a file on the server's disk would keep."""
+    status, body = wait_http(f"http://{c.address}:{server.service_port}/", 30)
+    if status != 200 or "pid" not in body:
+        result.fail("app", f"GET / answered {status} for 30 s\n{diagnose(c)}")
+        return
+    # Which copy answered, and the command its unit's main process runs.
+    answered_cmdline, _, unit = process_info(c, str(body["pid"]))
+    main_pid = c.run(f"systemctl show -p MainPID --value {unit}").stdout.strip()
+    if not unit.startswith("app") or main_pid in ("", "0"):
+        result.fail("app", f"GET / was answered by pid {body['pid']} of {unit!r}, not by an app unit")
+        return
+    cmdline, environ, _ = process_info(c, main_pid)
+    bind = f"127.0.0.1:{unit.removeprefix('app@').removesuffix('.service')}" if unit.startswith("app@") \
+        else f"0.0.0.0:{server.service_port}"
+    expected = shlex.split(render.app_start_command(render.ServerLayout(app=env.app), bind))
+    program = Path(expected[0]).name
+    # A script's command line starts with its interpreter (the venv's python): compare the rest.
+    if cmdline[-len(expected):] != expected or expected[0] not in answered_cmdline:
+        result.fail("app", f"{unit} runs {shlex.join(cmdline)}; config's start command is {shlex.join(expected)}")
+        return
+    wanted = {**env.app.environment, "APP_STAGE": str(server.stage), **env.app_secret_values}
+    wrong = sorted(name for name, value in wanted.items() if environ.get(name) != value)
+    if wrong:
+        result.fail("app", f"the app's environment differs from config and the seeded secrets in {wrong}")
+        return
+    if env.app_secret_values:
+        # The random part of each value is unique: finding it anywhere is a leak, whatever the quoting.
+        tokens = [value.split()[0] for value in env.app_secret_values.values()]
+        user_data = (c.merged / "var/lib/cloud/instance/scripts/part-001").read_text()
+        places = {
+            "the template": json.dumps(env.template), "the user data": user_data,
+            "the Init metadata CloudFormation serves": json.dumps(c.cfn_stack.resources),
+            render.ENV_FILE: c.run(f"cat {render.ENV_FILE}").stdout,
+            "the app units": c.run(f"cat {render.UNIT_DIR}/app*.service").stdout,
+            "GET /": json.dumps(body),
+        }
+        leaks = sorted(place for place, text in places.items() if any(t in text for t in tokens))
+        if leaks:
+            result.fail("app", f"a secret value is in {', '.join(leaks)}")
+            return
+        kept = c.run(f"stat -c '%a %U' {render.APP_SECRETS_FILE}; findmnt -n -o FSTYPE --target "
+                     f"{Path(render.APP_SECRETS_FILE).parent}", check=False).stdout.split()
+        if kept != ["600", "root", "tmpfs"]:
+            result.fail("app", f"{render.APP_SECRETS_FILE} is not a root-only file on tmpfs: {kept}")
+            return
+    secrets_note = f", {len(env.app_secret_values)} secrets as seeded, none on disk or in the template" \
+        if env.app_secret_values else ""
+    result.ok(f"app({program} answers /; {len(env.app.environment)} plain variables from config{secrets_note})")
+
+
 def visits(c: ct.Container, server: tpl.Server) -> int | None:
     status, body = wait_http(f"http://{c.address}:{server.service_port}/", 15)
     return body.get("visits") if status == 200 else None
@@ -493,6 +591,7 @@ def rehearse_environment(env: Environment, config, workdir: Path, broken_result:
         result.fail("boot", "skipped: the database server did not boot")
     elif boot_and_signal(app, app_server, result) and not result.failures:
         check_app_server(env, app, app_server, result)
+        check_app_contract(env, app, app_server, result)
         base = f"http://{app.address}:{app_server.service_port}"
         count = visits(app, app_server)
         if reboot(app, app_server, result, check_url=base + "/"):
@@ -538,8 +637,9 @@ runuser -u postgres -- psql -p {port} -q -v ON_ERROR_STOP=1 \\
 
 
 def start_broken(env: Environment, config, server: tpl.Server, workdir: Path, result: Result):
-    assembly = synth.synthesize([config], workdir / f"cdk.out.{env.name}.broken",
-                                app_source=synth.changed_app(workdir, broken=True))
+    source = synth.changed_app(synth.app_source(config), workdir / env.name, broken=True)
+    assembly = synth.synthesize([synth.with_app_source(env.name, env.raw, source)],
+                                workdir / f"cdk.out.{env.name}.broken")
     template = tpl.load(assembly, env.stack)
     broken = next(s for s in tpl.servers(template, env.stack) if s.kind == server.kind)
     c = env.container("broken")
@@ -583,8 +683,9 @@ def in_place_update(env: Environment, config, c: ct.Container, server: tpl.Serve
                     result: Result) -> None:
     """Change one app file, re-synthesize, hand the server the new metadata; cfn-hup does the rest."""
     release = f"r{secrets.token_hex(3)}"
-    assembly = synth.synthesize([config], workdir / f"cdk.out.{env.name}.update",
-                                app_source=synth.changed_app(workdir, release=release))
+    source = synth.changed_app(synth.app_source(config), workdir / env.name, release=release)
+    assembly = synth.synthesize([synth.with_app_source(env.name, env.raw, source)],
+                                workdir / f"cdk.out.{env.name}.update")
     template = tpl.load(assembly, env.stack)
     # An app change must reach a single server as new Init metadata and nothing else: anything
     # more (user data, a launch template) would make CloudFormation stop or replace it, data and all.
@@ -628,15 +729,32 @@ def changed_resources(before: dict, after: dict, *, ignore_metadata_of: str) -> 
     return sorted(lid for lid in old.keys() | new.keys() if old.get(lid) != new.get(lid))
 
 
-def wheelhouse() -> Path:
-    requirements = REPO / "app_tier" / "sample_app" / "requirements.txt"
-    import hashlib
-    key = hashlib.sha256(requirements.read_bytes()).hexdigest()[:12]
+def app_requirements(assembly: Path, template: dict) -> list[Path]:
+    """The requirements.txt of every app the template's servers run: each server's Init sources
+    name the S3 asset of its app, which the assembly holds as asset.<hash>/."""
+    found = []
+    for server in tpl.servers(template, ""):
+        init = server.metadata.get("AWS::CloudFormation::Init", {})
+        sources = json.dumps([c.get("sources", {}) for name, c in init.items() if name != "configSets"])
+        for asset in re.findall(r"/([0-9a-f]{64})\.zip", sources):
+            requirements = assembly / f"asset.{asset}" / "requirements.txt"
+            if not requirements.is_file():
+                raise ct.RehearsalError(f"{server.kind}: its app asset {asset[:12]} has no requirements.txt")
+            found.append(requirements)
+    return sorted(set(found))
+
+
+def wheelhouse(requirements: list[Path]) -> Path:
+    """Wheels for every app the servers run (a server's pip finds them in place of PyPI), downloaded
+    once per set of requirements; each app's pins are resolved on their own, as on its server."""
+    texts = sorted({r.read_text() for r in requirements})
+    key = hashlib.sha256("\0".join(texts).encode()).hexdigest()[:12]
     path = STATE / f"wheels-{key}"
     if not (path / ".complete").exists():
         shutil.rmtree(path, ignore_errors=True)
-        subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check",
-                        "--only-binary=:all:", "-r", str(requirements), "-d", str(path)], check=True)
+        for requirement in requirements:
+            subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check",
+                            "--only-binary=:all:", "-r", str(requirement), "-d", str(path)], check=True)
         (path / ".complete").touch()
     return path
 
@@ -651,13 +769,17 @@ def main(env_names: list[str] | None) -> int:
     if os.geteuid() != 0:
         say("rehearsal: needs root (systemd-nspawn, network namespaces, loop devices)")
         return 2
-    from envconfig import load_environments
-    configs = {c.name: c for c in load_environments()}
-    configs["stage2"] = synth.stage2_config()
     names = env_names or ["dev", "stage2", "staging", "prod"]
-    unknown = [n for n in names if n not in configs]
+    unknown = [n for n in names if n not in synth.environment_names()]
     if unknown:
-        say(f"rehearsal: unknown environment(s) {unknown}; allowed: {sorted(configs)}")
+        say(f"rehearsal: unknown environment(s) {unknown}; allowed: {sorted(synth.environment_names())}")
+        return 2
+    # Each environment from its TOML, through envconfig's parser: variants change that TOML only.
+    raws = {name: synth.raw_config(name) for name in names}
+    try:
+        configs = {name: synth.parse(name, raws[name]) for name in names}
+    except ConfigError as error:
+        say(f"rehearsal: {error}")
         return 2
     STATE.mkdir(parents=True, exist_ok=True)
     # One rehearsal at a time on a machine: they share the bridge, its addresses and the names.
@@ -672,15 +794,16 @@ def main(env_names: list[str] | None) -> int:
         say(f"rehearsal: removed what an interrupted run left: {', '.join(left)}")
     started = time.monotonic()
     root = rehearsal_root()
-    wheels = wheelhouse()
     workdir = STATE / "work"
     workdir.mkdir(exist_ok=True)
     assembly = synth.synthesize([configs[n] for n in names], workdir / "cdk.out")
     say(f"rehearsal: synthesized {', '.join(names)} in {time.monotonic() - started:.0f} s; root {root.name}")
+    requirements = [r for n in names for r in app_requirements(assembly, tpl.load(assembly, configs[n].stack_name))]
+    wheels = wheelhouse(requirements)
     ct.bridge_up()
     emulator = Emulator()
     results: list[Result] = []
-    environments = [Environment(name, configs[name].stack_name, configs[name].region, assembly, emulator, root,
+    environments = [Environment(name, raws[name], configs[name], assembly, emulator, root,
                                 wheels, first_index=10 * i) for i, name in enumerate(names)]
     try:
         # The broken apps wait out their health gate (minutes) in parallel with everything else.

@@ -1,62 +1,101 @@
 """Synthesize environments into a cloud assembly, as `cdk synth` does (app.py, cdk.json's flags).
 
-The rehearsal reads servers only from what this produces. Variants swap the app's source
-directory (an in-place update, a broken app) the way a user's edit would, then synthesize again.
+The rehearsal reads servers only from what this produces, and changes servers only the way a
+user would: by editing an environment's config. Every environment is built from its raw TOML
+through envconfig's parser; a variant (an in-place update, a broken app) is the same TOML with
+`[app] source` pointing at a changed copy of the app, parsed and synthesized again.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import copy
 import shutil
+import tomllib
 from pathlib import Path
 
 from aws_cdk import App
 
-from app_tier import render
-from envconfig import EnvironmentConfig, Stage, load_environments
+from envconfig import EnvironmentConfig
+from envconfig.loader import CONFIG_DIR, available_environments, parse_environment
 from stacks import add_environments, cli_context
+
+REPO = Path(__file__).resolve().parent.parent
+ASGI_APP = Path(__file__).resolve().parent / "asgi-app.toml"
+STAGE2 = "stage2"
+
+
+def raw_config(name: str) -> dict:
+    """The environment's TOML as a user wrote it; "stage2" is made from dev.toml (stage2_raw)."""
+    if name == STAGE2:
+        return stage2_raw()
+    return tomllib.loads((CONFIG_DIR / f"{name}.toml").read_text())
+
+
+def stage2_raw() -> dict:
+    """No shipped environment is stage 2. This is dev moved to stage 2 with an EC2 database, as the
+    README's growth path does it (interface endpoints for the isolated database), and swapped to
+    the ASGI sample app by config alone: rehearsal/asgi-app.toml's [app] table, nothing else."""
+    raw = raw_config("dev")
+    raw["stage"] = 2
+    raw.setdefault("network", {})["interface_endpoints"] = True
+    raw["app"] = {**raw.get("app", {}), **tomllib.loads(ASGI_APP.read_text())["app"]}
+    return raw
+
+
+def parse(name: str, raw: dict) -> EnvironmentConfig:
+    """envconfig's own parser and checks: a bad file fails here as it would for `cdk synth`."""
+    return parse_environment(name, copy.deepcopy(raw))
+
+
+def environment_names() -> list[str]:
+    return [*available_environments(), STAGE2]
 
 
 def stage2_config() -> EnvironmentConfig:
-    """No shipped environment is stage 2; this is dev moved to stage 2 with an EC2 database,
-    as the README's growth path does it (interface endpoints for the isolated database)."""
-    dev = {c.name: c for c in load_environments()}["dev"]
-    return dataclasses.replace(dev, name="stage2", stage=Stage.SEPARATE_DATABASE,
-                               network=dataclasses.replace(dev.network, interface_endpoints=True))
+    return parse(STAGE2, stage2_raw())
 
 
-def synthesize(configs: list[EnvironmentConfig], outdir: Path, *, app_source: Path | None = None) -> Path:
-    """The cloud assembly for `configs`; `app_source` replaces the app's code for this synth."""
+def with_app_source(name: str, raw: dict, source: Path) -> EnvironmentConfig:
+    """The environment with its [app] source swapped, as a user's one-line edit would."""
+    raw = copy.deepcopy(raw)
+    raw.setdefault("app", {})["source"] = str(source)
+    return parse(name, raw)
+
+
+def app_source(config: EnvironmentConfig) -> Path:
+    """Where the environment's app comes from (relative to the repository, as in config)."""
+    return REPO / config.app.source_dir
+
+
+def synthesize(configs: list[EnvironmentConfig], outdir: Path) -> Path:
+    """The cloud assembly for `configs`."""
     if outdir.exists():
         shutil.rmtree(outdir)
-    original = render.APP_SOURCE_DIR
-    render.APP_SOURCE_DIR = app_source or original
-    try:
-        # cfn-lint checks the templates in the tests; its warnings here would only be noise.
-        app = App(context=cli_context(), outdir=str(outdir), builtin_cloud_formation_validation=False)
-        add_environments(app, configs)
-        app.synth()
-    finally:
-        render.APP_SOURCE_DIR = original
+    # cfn-lint checks the templates in the tests; its warnings here would only be noise.
+    app = App(context=cli_context(), outdir=str(outdir), builtin_cloud_formation_validation=False)
+    add_environments(app, configs)
+    app.synth()
     return outdir
 
 
-def changed_app(workdir: Path, *, release: str | None = None, broken: bool = False) -> Path:
-    """A copy of the sample app with one file changed: a new release marker in `/`, or a health
-    check that always fails (an app that boots but never becomes healthy)."""
-    target = workdir / ("app-broken" if broken else f"app-{release}")
+# Each change is one line that every sample app has, so any of them can be rehearsed.
+HEALTHY = 'return 200, {"status": "ok", "pid": os.getpid()}'
+BROKEN = 'return 500, {"status": "broken on purpose by the rehearsal", "pid": os.getpid()}'
+LAST_FIELD = '"visits": visits}'
+
+
+def changed_app(source: Path, workdir: Path, *, release: str | None = None, broken: bool = False) -> Path:
+    """A copy of the app at `source` with one file changed: a new release marker in `/`, or a
+    health check that always fails (an app that boots but never becomes healthy)."""
+    target = workdir / f"{source.name}-{'broken' if broken else release}"
     if target.exists():
         shutil.rmtree(target)
-    shutil.copytree(render.APP_SOURCE_DIR, target, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
     app = target / "app.py"
     text = app.read_text()
-    if broken:
-        marker = 'return 200, {"status": "ok", "pid": os.getpid()}'
-        replacement = 'return 500, {"status": "broken on purpose by the rehearsal", "pid": os.getpid()}'
-    else:
-        marker = '"visits": visits}'
-        replacement = f'"visits": visits, "release": "{release}"}}'
+    marker, replacement = (HEALTHY, BROKEN) if broken else (LAST_FIELD, f'"visits": visits, "release": "{release}"}}')
     if marker not in text:
-        raise RuntimeError(f"rehearsal: the sample app no longer contains {marker!r}; update rehearsal/synth.py")
+        raise RuntimeError(f"rehearsal: {app.relative_to(workdir)} no longer contains {marker!r}; "
+                           "update rehearsal/synth.py")
     app.write_text(text.replace(marker, replacement))
     return target

@@ -79,7 +79,7 @@ def test_resolver_handles_what_servers_receive_and_names_what_it_cannot():
 
 @pytest.mark.parametrize("stage", [1, 2, 3, 4])
 def test_app_units_append_only_to_a_directory_made_before_they_start(stage):
-    layout = render.ServerLayout(stage=stage, processes=2)
+    layout = render.ServerLayout(proxy=stage == 4, processes=2)
     boot = render.app_server_bootstrap(layout, render.DatabaseEndpoint(host="10.0.0.5", secret_arn="arn:x:y:z:1:s"))
     tmpfiles = "".join(f.content for path, f in boot.files.items() if path.startswith(f"{TMPFILES_DIR}/"))
     made = {line.split()[1] for line in tmpfiles.splitlines() if line.startswith("d ")}
@@ -172,7 +172,7 @@ def test_every_command_a_server_runs_comes_from_a_package_it_installs(synthesize
 def test_no_init_file_lives_where_its_bak_copy_would_be_read():
     """cfn-init keeps an overwritten file as <file>.bak; logrotate reads every file in logrotate.d,
     so a config written there would be read twice after the first in-place update."""
-    layout = render.ServerLayout(stage=1, processes=1)
+    layout = render.ServerLayout(processes=1)
     boot = render.single_server_bootstrap(layout, render.DatabaseEndpoint(host="127.0.0.1", secret_arn="arn:x:y:z:1:s"))
     assert not [path for path in boot.files if path.startswith(f"{LOGROTATE_DIR}/")]
     assert any(render.LOGROTATE_LINK in command for _, command in boot.commands)
@@ -187,3 +187,69 @@ def test_each_server_reports_the_stand_ins_its_boot_goes_through(synthesized_tem
     member = standins_for(_servers(synthesized_templates, "prod")["stage-4 group member"])
     assert {"S3 asset", "PyPI wheelhouse", "CloudWatch agent"} <= set(member)
     assert "cfn-hup" not in member and "EBS loop device" not in member
+
+
+# --- the app the rehearsal boots: swapped by config alone -----------------------------------------
+
+
+def test_stage2_is_dev_moved_to_stage_2_and_swapped_to_the_asgi_app_by_config_alone():
+    import tomllib
+
+    from rehearsal import synth
+    dev = tomllib.loads((ROOT / "config" / "dev.toml").read_text())
+    raw = synth.stage2_raw()
+    # What differs from dev.toml: the stage, interface endpoints and the [app] table; nothing else.
+    assert {key for key in raw.keys() | dev.keys() if raw.get(key) != dev.get(key)} == {"stage", "network", "app"}
+    assert {k for k in raw["network"].keys() | dev["network"].keys()
+            if raw["network"].get(k) != dev["network"].get(k)} == {"interface_endpoints"}
+    assert raw["app"] == tomllib.loads(synth.ASGI_APP.read_text())["app"]
+    config = synth.stage2_config()  # through envconfig's own parser and checks
+    assert (int(config.stage), config.network.interface_endpoints) == (2, True)
+    assert synth.app_source(config) == ROOT / "app_tier" / "sample_asgi"
+    stores = {name: ref.store for name, ref in config.app.secrets.items()}
+    assert stores == {"API_TOKEN": "secretsmanager", "SIGNING_KEY": "ssm"}
+    assert config.app.secrets["API_TOKEN"].key and config.app.environment["GREETING"]
+
+
+@pytest.mark.parametrize("app", ["sample_app", "sample_asgi"])
+def test_the_rehearsal_can_change_every_sample_app(tmp_path, app):
+    """The in-place update and the broken app change one line that each sample app has."""
+    from rehearsal import synth
+    source = ROOT / "app_tier" / app
+    released = (synth.changed_app(source, tmp_path, release="r1") / "app.py").read_text()
+    broken = (synth.changed_app(source, tmp_path, broken=True) / "app.py").read_text()
+    assert '"release": "r1"}' in released and synth.BROKEN in broken
+    assert synth.HEALTHY not in broken
+    assert (tmp_path / f"{app}-r1" / "requirements.txt").read_text() == (source / "requirements.txt").read_text()
+
+
+def test_the_wheelhouse_covers_the_app_each_server_runs(synthesized_templates, template_files):
+    """Read from each server's Init sources (its app's S3 asset), not from a fixed path."""
+    from rehearsal.run import app_requirements
+    for name in ("dev", "staging", "prod"):
+        found = app_requirements(template_files[name].parent, synthesized_templates[name])
+        assert [r.read_text() for r in found] == [(ROOT / "app_tier" / "sample_app" / "requirements.txt").read_text()]
+    template = {"Resources": {}}
+    assert app_requirements(template_files["dev"].parent, template) == []
+
+
+def test_the_stage2_server_is_built_with_the_asgi_app_through_synth(tmp_path):
+    """What the rehearsal boots as "stage2": its template runs uvicorn from the ASGI app's asset,
+    reads the secrets config names at boot, and gates its boot on the config's health path."""
+    from rehearsal import synth
+    from rehearsal.run import app_requirements
+    config = synth.stage2_config()
+    assembly = synth.synthesize([config], tmp_path / "cdk.out")
+    template = tpl.load(assembly, config.stack_name)
+    servers = {s.kind: s for s in tpl.servers(template, config.stack_name)}
+    assert set(servers) == {"stage-2 app server", "database server"}
+    app = servers["stage-2 app server"]
+    assert (app.service_port, app.health_path) == (80, config.app.health_path)
+    found = app_requirements(assembly, template)
+    assert [r.read_text() for r in found] == [(ROOT / "app_tier" / "sample_asgi" / "requirements.txt").read_text()]
+    files = app.metadata["AWS::CloudFormation::Init"]["app"]["files"]
+    unit = files[f"{render.UNIT_DIR}/app.service"]["content"]
+    assert "ExecStart=/opt/webapp/venv/bin/uvicorn --app-dir /opt/webapp/app app:app --host 0.0.0.0 --port 80" in unit
+    script = json.dumps(files[render.FETCH_APP_SECRETS_SCRIPT]["content"])
+    for ref in config.app.secrets.values():
+        assert ref.name in script

@@ -1,7 +1,9 @@
 """The app tier for real: PostgreSQL, app copies and nginx on loopback, broken on purpose.
 
-One lab per layout, shared by the tests of this module: stage 4 (nginx in front of 3 copies)
-and stage 1 (the app alone). Each test leaves the lab as it found it.
+One lab per app and layout, shared by the tests of this module: the WSGI sample (gunicorn, the
+default app) and the ASGI sample (uvicorn, named by config: rehearsal/asgi-app.toml through
+envconfig and the stacks' mapper), each at stage 4 (nginx in front of 3 copies) and stage 1 (the
+app alone). Each test leaves the lab as it found it.
 """
 
 import json
@@ -11,6 +13,7 @@ import socket
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -24,9 +27,31 @@ COPIES = 3
 CHEAP_WORK = "/work?n=2000"
 
 
-@pytest.fixture(scope="module", params=[4, 1], ids=["stage4", "stage1"])
+# The ASGI app's secrets, as the rehearsal's config names them; on a server they are read at boot.
+ASGI_SECRETS = {"API_TOKEN": "lab-token-7f3a", "SIGNING_KEY": "lab-signing-key-91c2"}
+LAYOUTS = [("wsgi", 4), ("wsgi", 1), ("asgi", 4), ("asgi", 1)]
+STAGE4 = [layout for layout in LAYOUTS if layout[1] == 4]
+
+
+def layout_id(layout) -> str:
+    return f"{layout[0]}-stage{layout[1]}"
+
+
+def asgi_app():
+    """The ASGI sample exactly as config names it: no Python names its start command."""
+    from rehearsal.synth import stage2_config
+    from stacks.config_mapping import app_spec
+
+    return app_spec(stage2_config())
+
+
+@pytest.fixture(scope="module", params=LAYOUTS, ids=layout_id)
 def lab(request, lab_tools):
-    with Lab(stage=request.param, processes=COPIES, port=0) as running:
+    kind, stage = request.param
+    app = asgi_app() if kind == "asgi" else None
+    with Lab(stage=stage, processes=COPIES, port=0, app=app,
+             secret_values=ASGI_SECRETS if kind == "asgi" else None) as running:
+        running.kind = kind
         yield running
 
 
@@ -48,6 +73,11 @@ def parent_pid(pid: int) -> int:
         return int(f.read().rsplit(")", 1)[1].split()[1])
 
 
+def copy_of(lab, pid: int) -> int:
+    """The supervised copy that answered: uvicorn serves in its main process, gunicorn in a worker."""
+    return pid if pid in lab.app_pids() else parent_pid(pid)
+
+
 def test_every_copy_serves_under_steady_load(lab):
     with Load(lab.url + CHEAP_WORK, connections=2 * lab.processes) as load:
         wait_for(lambda: len(load.pids()) >= lab.processes, 10, "a response from every copy")
@@ -55,7 +85,7 @@ def test_every_copy_serves_under_steady_load(lab):
     assert not load.failures()
     assert len(load.pids()) == lab.processes
     # Every pid that answered belongs to one of the supervised copies.
-    assert {parent_pid(pid) for pid in load.pids()} == set(lab.app_pids())
+    assert {copy_of(lab, pid) for pid in load.pids()} == set(lab.app_pids())
 
 
 def test_root_reports_pid_hostname_stage_and_visits(lab):
@@ -67,7 +97,23 @@ def test_root_reports_pid_hostname_stage_and_visits(lab):
     assert second["visits"] == first["visits"] + 1
 
 
-@pytest.mark.parametrize("lab", [4], indirect=True, ids=["stage4"])  # several copies: stage 4 only
+@pytest.mark.parametrize("lab", [("asgi", 4), ("asgi", 1)], indirect=True, ids=layout_id)
+def test_the_asgi_app_is_the_one_config_names_with_its_environment(lab):
+    status, body = get(lab.url + "/")
+    assert status == 200
+    assert (body["app"], body["server"]) == ("sample_asgi", "uvicorn")
+    assert body["greeting"] == lab.app.environment["GREETING"]
+    # Names only: the secrets reached the app, their values never leave it.
+    assert body["variables_set"] == sorted(["GREETING", *ASGI_SECRETS])
+    assert not [value for value in ASGI_SECRETS.values() if value in json.dumps(body)]
+    for pid in lab.app_pids():  # what the app's processes hold, as systemd's EnvironmentFile= gives it
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            environ = dict(item.split(b"=", 1) for item in f.read().split(b"\0") if b"=" in item)
+        assert {name: environ[name.encode()].decode() for name in ASGI_SECRETS} == ASGI_SECRETS
+        assert "uvicorn" in Path(f"/proc/{pid}/cmdline").read_text()
+
+
+@pytest.mark.parametrize("lab", STAGE4, indirect=True, ids=layout_id)  # several copies: stage 4 only
 def test_killing_a_copy_under_load_fails_no_request(lab):
     victim = lab.app_pids()[0]  # the copy's main process, the one systemd watches
     restarts_before = lab.restarts()
@@ -133,8 +179,9 @@ def test_slow_clients_do_not_stop_the_copies(lab):
     pids_before, restarts_before = lab.app_pids(), lab.restarts()
     slow = []
     try:
-        # More slow clients than a stage 1 copy has threads: nginx (stage 4) holds them all;
-        # the app alone (stage 1) holds 3 (with the slow body) and keeps a thread for everyone else.
+        # More slow clients than a stage 1 gunicorn copy has threads: nginx (stage 4) holds them all;
+        # gunicorn alone (stage 1) holds 3 (with the slow body) and keeps a thread for everyone else;
+        # uvicorn's event loop holds them as idle sockets.
         for _ in range(2 if lab.stage == 1 else 20):
             sock = socket.create_connection(("127.0.0.1", lab.port), timeout=5)
             sock.sendall(b"GET / HTTP/1.1\r\nHost: lab\r\nX-Slow: ")  # a header that never ends
@@ -170,3 +217,23 @@ def test_the_boot_health_gate_passes_against_the_running_layout(lab):
     assert name == "25-app-healthy" and command.rstrip().endswith("exit 1")
     result = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=30)
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--env", "no-such-env"], "--env no-such-env"),
+    (["--start-command", "run-my-app"], "{bind} or {port}"),
+    (["--app-source", "/nonexistent"], "has no requirements.txt"),
+])
+def test_lab_says_what_is_wrong_with_the_app_it_is_given(capsys, argv, message):
+    assert lab_module.main([*argv, "--port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_lab_names_an_app_server_missing_from_the_project_venv(lab_tools):
+    from app_tier import render
+    app = render.AppSpec(start_command="{app_root}/venv/bin/no-such-server --port {port} app:app")
+    lab = Lab(stage=1, port=0, app=app)
+    with pytest.raises(RuntimeError, match="no-such-server, which is not installed here.*requirements-dev.txt"):
+        lab.__enter__()
+    assert lab.dir is not None and not lab.dir.exists()  # what it had made is gone
