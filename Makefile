@@ -18,7 +18,7 @@ help:
 	@echo "make synth [ENV=name]         synthesize CloudFormation (no credentials needed)"
 	@echo "make diff ENV=name            cdk diff against your AWS account"
 	@echo "make deploy ENV=name          cdk deploy to your AWS account"
-	@echo "make lab [PROCESSES=N STAGE=4 PORT=8080]  run one server's app tier locally"
+	@echo "make lab [ENV=name] [PROCESSES=N STAGE=4 PORT=8080]  run one server's app tier (an environment's [app]) locally"
 	@echo "make bench                    load and deploy benchmarks"
 	@echo "make cost [ENV=name]          monthly cost estimate per environment"
 	@echo "make diagrams                 architecture diagrams from the synthesized templates"
@@ -59,14 +59,14 @@ clean:
 	rm -rf cdk.out cdk.out.* .pytest_cache
 
 # --- app tier (lab, bench) ---
-STAGE ?= 4
+STAGE ?=
 PROCESSES ?=
 PORT ?= 8080
 .PHONY: lab bench-load
 
 # PROCESSES empty: one copy per core (the lab's default).
 lab: setup
-	$(PY) -m app_tier.lab --stage $(STAGE) $(if $(PROCESSES),--processes $(PROCESSES)) --port $(PORT)
+	$(PY) -m app_tier.lab $(if $(ENV),--env $(ENV)) $(if $(STAGE),--stage $(STAGE)) $(if $(PROCESSES),--processes $(PROCESSES)) --port $(PORT)
 
 bench-load: setup
 	$(PY) -m bench.load
