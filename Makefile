@@ -19,7 +19,8 @@ help:
 	@echo "make diff ENV=name            cdk diff against your AWS account"
 	@echo "make deploy ENV=name          cdk deploy to your AWS account"
 	@echo "make lab [ENV=name] [PROCESSES=N STAGE=4 PORT=8080]  run one server's app tier (an environment's [app]) locally"
-	@echo "make bench                    load and deploy benchmarks"
+	@echo "make bench                    load, synth and deploy benchmarks"
+	@echo "make bench-synth [RUNS=n]     cdk synth of every environment against an empty CDK app"
 	@echo "make cost [ENV=name]          monthly cost estimate per environment"
 	@echo "make diagrams                 architecture diagrams from the synthesized templates"
 	@echo "make local-down               stop the local AWS emulator"
@@ -62,7 +63,7 @@ clean:
 STAGE ?=
 PROCESSES ?=
 PORT ?= 8080
-.PHONY: lab bench-load
+.PHONY: lab bench-load bench-synth
 
 # PROCESSES empty: one copy per core (the lab's default).
 lab: setup
@@ -70,6 +71,10 @@ lab: setup
 
 bench-load: setup
 	$(PY) -m bench.load
+
+# `cdk synth` of every environment against an empty CDK app, both through the pinned CLI (RUNS each, default 5).
+bench-synth: setup
+	$(PY) -m bench.synth $(if $(RUNS),--runs $(RUNS),)
 
 # --- local AWS emulator ---
 # `cdk deploy` for real, to moto's server on loopback; see tools/local_aws/.
@@ -91,5 +96,5 @@ diagrams: setup
 	$(PY) -m tools.reports.diagrams $(if $(ENV),--env $(ENV),)
 
 # --- benchmarks ---
-bench: bench-load
+bench: bench-load bench-synth
 	$(PY) -m bench.deploy_local
