@@ -420,25 +420,28 @@ for attempt in $(seq 1 30); do
 done
 exit 1
 """
-    unit = f"""# Rendered by app_tier/render.py
+    return _boot_fetch(script, script_path=FETCH_PASSWORD_SCRIPT, unit=FETCH_PASSWORD_UNIT,
+                       what=f"Fetch the database password from Secrets Manager into {PASSWORD_FILE}")
+
+
+def _boot_fetch(script: str, *, script_path: str, unit: str, what: str) -> dict[str, ServerFile]:
+    """A root-only script and the oneshot unit that runs it at every boot, before the units needing it."""
+    text = f"""# Rendered by app_tier/render.py
 [Unit]
-Description=Fetch the database password from Secrets Manager into {PASSWORD_FILE}
+Description={what}
 After=network-online.target
 Wants=network-online.target
 
 [Service]
 Type=oneshot
 RemainAfterExit=yes
-ExecStart={FETCH_PASSWORD_SCRIPT}
+ExecStart={script_path}
 UMask=0077
 
 [Install]
 WantedBy=multi-user.target
 """
-    return {
-        FETCH_PASSWORD_SCRIPT: ServerFile(script, mode="000700"),
-        f"{UNIT_DIR}/{FETCH_PASSWORD_UNIT}": ServerFile(unit),
-    }
+    return {script_path: ServerFile(script, mode="000700"), f"{UNIT_DIR}/{unit}": ServerFile(text)}
 
 
 def _app_secrets_files(layout: ServerLayout, *, region: str | None) -> dict[str, ServerFile]:
@@ -502,25 +505,8 @@ with os.fdopen(fd, "w") as out:
     out.write("\\n".join(lines) + "\\n")
 os.replace(tmp, "{APP_SECRETS_FILE}")
 """
-    unit = f"""# Rendered by app_tier/render.py
-[Unit]
-Description=Read the app's secrets from Secrets Manager and Parameter Store into {APP_SECRETS_FILE}
-After=network-online.target
-Wants=network-online.target
-
-[Service]
-Type=oneshot
-RemainAfterExit=yes
-ExecStart={FETCH_APP_SECRETS_SCRIPT}
-UMask=0077
-
-[Install]
-WantedBy=multi-user.target
-"""
-    return {
-        FETCH_APP_SECRETS_SCRIPT: ServerFile(script, mode="000700"),
-        f"{UNIT_DIR}/{FETCH_APP_SECRETS_UNIT}": ServerFile(unit),
-    }
+    return _boot_fetch(script, script_path=FETCH_APP_SECRETS_SCRIPT, unit=FETCH_APP_SECRETS_UNIT,
+                       what=f"Read the app's secrets from Secrets Manager and Parameter Store into {APP_SECRETS_FILE}")
 
 
 # --- nginx (stage 4) ------------------------------------------------------------------------
