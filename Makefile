@@ -28,8 +28,10 @@ help:
 setup:
 	@scripts/setup.sh
 
+# cfn-lint is the template check (app.py turns CDK's built-in validator off: bench/synth.py).
 synth: setup
 	$(CDK) synth $(ENV_CTX) --quiet
+	$(VENV)/bin/cfn-lint cdk.out/*.template.json
 
 lint: setup
 	$(VENV)/bin/ruff check .

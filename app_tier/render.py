@@ -319,9 +319,37 @@ def app_server_bootstrap(layout: ServerLayout, database: DatabaseEndpoint) -> Se
                            app_server_files(layout, database), app_server_commands(layout))
 
 
+_TOKEN = re.compile(r"(\$\{Token\[[^\]]+\]\})")  # a CDK token in a string, resolved at deploy time
+_ESCAPED = ("\\", '"', "$", "`")
+
+
+def environment_file_value(value: str) -> str:
+    """A value as systemd's EnvironmentFile= reads it back unchanged: double quotes, with a backslash
+    before \\, ", $ and ` (unquoted, systemd would drop backslashes and trim or join lines). CDK tokens
+    (a database host) pass through whole; what they resolve to has none of those characters."""
+    parts = _TOKEN.split(value)
+    for i in range(0, len(parts), 2):  # the even parts are text, the odd ones tokens
+        for char in _ESCAPED:
+            parts[i] = parts[i].replace(char, "\\" + char)
+    return '"' + "".join(parts) + '"'
+
+
+def read_environment_file(text: str) -> dict[str, str]:
+    """What systemd reads from an environment file rendered here (the inverse of environment_file_value)."""
+    env = {}
+    for line in text.splitlines():
+        if "=" not in line or line.startswith("#"):
+            continue
+        key, value = line.split("=", 1)
+        if len(value) >= 2 and value[0] == value[-1] == '"':
+            value = re.sub(r"\\(.)", r"\1", value[1:-1])
+        env[key] = value
+    return env
+
+
 def _env_file(env: Mapping[str, str]) -> str:
     lines = ["# Rendered by app_tier/render.py: the app's environment (no secrets here)."]
-    lines += [f"{key}={value}" for key, value in env.items()]
+    lines += [f"{key}={environment_file_value(value)}" for key, value in env.items()]
     return "\n".join(lines) + "\n"
 
 

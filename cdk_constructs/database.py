@@ -6,7 +6,9 @@ the servers that were granted it; it never appears in the template or in user da
 
 from __future__ import annotations
 
-from aws_cdk import Duration, RemovalPolicy, Size, Stack
+import dataclasses
+
+from aws_cdk import Annotations, Duration, RemovalPolicy, Size, Stack
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_logs as logs
@@ -15,11 +17,11 @@ from constructs import Construct
 
 from app_tier import render
 from cdk_constructs import bootstrap
-from cdk_constructs.nag import acknowledge
+from cdk_constructs.nag import acknowledge, arn_prefix
 from cdk_constructs.naming import stack_id_suffix
 from cdk_constructs.network import RETENTION_DAYS
 from cdk_constructs.observability import ServerLogs
-from cdk_constructs.props import DatabaseProps
+from cdk_constructs.props import SMALLEST_INSTANCE_TYPES, DatabaseProps
 from cdk_constructs.server import (
     BOOT_SIGNAL_TIMEOUT,
     ServerRole,
@@ -47,6 +49,11 @@ class Database(Construct):
         self.port = props.port
         if props.kind not in ("ec2", "rds"):
             raise ValueError(f"database kind must be 'ec2' or 'rds', got {props.kind!r}")
+        if props.instance_type is None:
+            if props.kind == "ec2":  # it must match the image's architecture, which the stages know
+                raise ValueError("DatabaseProps.instance_type is required for an EC2 database built on its own; "
+                                 "the stage constructs pick one of their servers' architecture")
+            props = dataclasses.replace(props, instance_type=SMALLEST_INSTANCE_TYPES["x86_64"])
         # DatabaseSecret: a generated password in JSON {"username","password"} without the
         # characters PostgreSQL connection strings trip over.
         self.secret = rds.DatabaseSecret(self, "Secret", username=props.user)
@@ -132,6 +139,14 @@ class Database(Construct):
                                             "HTTPS to the VPC endpoints (no internet route from this subnet)")
         for dependency in props.boot_dependencies:
             self.server.instance.node.add_dependency(dependency)
+        isolated = {s.subnet_id for s in vpc.isolated_subnets}
+        if subnet.subnet_id in isolated and not props.boot_dependencies:
+            # Without them the server cannot install PostgreSQL, read its secret or signal: it would
+            # sit out the signal timeout and roll the deploy back.
+            Annotations.of(self).add_error(
+                "The EC2 database server is in an isolated subnet but DatabaseProps.boot_dependencies is "
+                "empty: pass the VPC's S3 gateway and interface endpoints (Secrets Manager, CloudFormation, "
+                "EC2, SSM, CloudWatch Logs), or select subnets with a NAT route, or use kind='rds'.")
         if not props.deletion_protection:
             acknowledge(self.server, "AwsSolutions-EC29",
                         "Termination protection is off by choice (deletion_protection): an environment torn down "
@@ -139,8 +154,9 @@ class Database(Construct):
         # The server attaches its own data volume at boot: an AWS::EC2::VolumeAttachment would
         # wait for the instance's creation signal, which in turn waits for the volume.
         self.data_volume.grant_attach_volume_by_resource_tag(self.role, [self.server])
+        instance_arns = f"{arn_prefix(self, 'ec2')}:<AWS::AccountId>:instance/*"
         acknowledge(self.role.node.find_child("DefaultPolicy"),
-                    f"AwsSolutions-IAM5[Resource::arn:aws:ec2:{region}:<AWS::AccountId>:instance/*]",
+                    f"AwsSolutions-IAM5[Resource::{instance_arns}]",
                     "ec2:AttachVolume is limited by a condition to instances carrying this volume's unique "
                     "attach tag, i.e. the database server itself.")
         self.secret.grant_read(self.role)

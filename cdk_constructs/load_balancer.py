@@ -83,14 +83,19 @@ class WebLoadBalancer(Construct):
                 healthy_threshold_count=HEALTHY_THRESHOLD, unhealthy_threshold_count=UNHEALTHY_THRESHOLD,
                 healthy_http_codes="200"),
         )
+        # Port 80 is always the listener "Http": with a certificate it redirects to HTTPS. Turning
+        # HTTPS on then changes that listener's action in place; a second port-80 listener (what
+        # add_redirect would create) is added before the first is removed, and the ALB refuses it.
         if certificate is not None:
             self.listener = self.load_balancer.add_listener(
                 "Https", port=443, protocol=elbv2.ApplicationProtocol.HTTPS, certificates=[certificate],
                 ssl_policy=elbv2.SslPolicy.RECOMMENDED_TLS, default_target_groups=[self.target_group], open=True)
-            self.load_balancer.add_redirect(source_port=80, target_port=443)
+            self.http_listener = self.load_balancer.add_listener(
+                "Http", port=80, protocol=elbv2.ApplicationProtocol.HTTP, open=True,
+                default_action=elbv2.ListenerAction.redirect(protocol="HTTPS", port="443", permanent=True))
             self.url = f"https://{self.load_balancer.load_balancer_dns_name}/"
         else:
-            self.listener = self.load_balancer.add_listener(
+            self.listener = self.http_listener = self.load_balancer.add_listener(
                 "Http", port=80, protocol=elbv2.ApplicationProtocol.HTTP,
                 default_target_groups=[self.target_group], open=True)
             self.url = f"http://{self.load_balancer.load_balancer_dns_name}/"

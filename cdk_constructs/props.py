@@ -16,6 +16,9 @@ from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_route53 as route53
 from constructs import IDependable
 
+# The smallest burstable instance type of each architecture.
+SMALLEST_INSTANCE_TYPES = {"x86_64": "t3.micro", "arm64": "t4g.micro"}
+
 
 @dataclass(frozen=True, kw_only=True)
 class ServerProps:
@@ -27,9 +30,13 @@ class ServerProps:
     same Amazon Linux 2023 resolved by EC2 at launch, so a new release never replaces them.
     `min/desired/max_servers` apply to the load-balanced stages; stages 1-2 run one server.
     `key_pair` is None for Session Manager only; then SSH stays closed whatever `admin_cidrs` says.
+    `instance_type` defaults to the smallest burstable type of `architecture` (t3.micro, t4g.micro).
+    `termination_protection` refuses TerminateInstances on the one app server of stages 1-2 (the
+    EC2 database server follows `DatabaseProps.deletion_protection`). `log_retention_days` is for
+    the log groups a stage makes when it is given none (`logs`).
     """
 
-    instance_type: str = "t3.micro"
+    instance_type: str | None = None
     architecture: str = "x86_64"
     machine_image: ec2.IMachineImage | None = None
     data_server_image: ec2.IMachineImage | None = None
@@ -39,8 +46,11 @@ class ServerProps:
     max_servers: int = 4
     key_pair: ec2.IKeyPair | None = None
     admin_cidrs: Sequence[str] = ()
-    # Refuse TerminateInstances on the single servers (stages 1-2) and the EC2 database server.
     termination_protection: bool = True
+    log_retention_days: int = 30
+
+    def instance_type_or_default(self) -> str:
+        return self.instance_type or SMALLEST_INSTANCE_TYPES[self.architecture]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -49,12 +59,15 @@ class DatabaseProps:
 
     Stage 1 uses `name`, `user`, `port` and `removal_policy` (its database lives on the app server).
     `removal_policy` applies to what holds data (the volume or the RDS instance, the secret);
-    `deletion_protection` refuses deleting the RDS instance; `boot_dependencies` are what the EC2
-    server needs before it boots (its subnet's VPC endpoints, when it has no other way out).
+    `deletion_protection` refuses deleting the RDS instance, or terminating the EC2 database server;
+    `boot_dependencies` are what the EC2 server needs before it boots: in an isolated subnet, the
+    VPC's S3 gateway and interface endpoints (a synth error says so when they are missing).
+    `instance_type` defaults to the smallest burstable type of the servers' architecture (an EC2
+    database server runs the app servers' image).
     """
 
     kind: str = "ec2"
-    instance_type: str = "t3.micro"
+    instance_type: str | None = None
     storage_gib: int = 20
     name: str = "app"
     user: str = "app"

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import jsii
-from aws_cdk import AspectPriority, Aspects, Duration, IAspect, Stack
+from aws_cdk import AspectPriority, Aspects, Duration, IAspect, Stack, Token
 from aws_cdk import aws_autoscaling as autoscaling
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_iam as iam
@@ -153,11 +153,18 @@ def allow_ssh_from_admins(connections: ec2.Connections, *, admin_cidrs: Sequence
         connections.allow_from(ec2.Peer.ipv4(cidr), ec2.Port.tcp(22), f"SSH from admin range {cidr}")
 
 
+def _asset_bucket_objects(scope: Construct) -> str:
+    region = Stack.of(scope).region
+    if Token.is_unresolved(region):
+        return "arn:<AWS::Partition>:s3:::cdk-hnb659fds-assets-<AWS::AccountId>-<AWS::Region>/*"
+    return f"arn:aws:s3:::cdk-hnb659fds-assets-<AWS::AccountId>-{region}/*"
+
+
 def acknowledge_bootstrap_grants(role: iam.IRole) -> None:
     """The read grant CDK gives a server on its CloudFormation Init asset (the app's code)."""
     policy = role.node.try_find_child("DefaultPolicy")
     for finding in ("Action::s3:GetBucket*", "Action::s3:GetObject*", "Action::s3:List*",
-                    f"Resource::arn:aws:s3:::cdk-hnb659fds-assets-<AWS::AccountId>-{Stack.of(role).region}/*"):
+                    f"Resource::{_asset_bucket_objects(role)}"):
         acknowledge(policy, f"AwsSolutions-IAM5[{finding}]",
                     "CDK's grant to read the server's bootstrap asset (the app's code) from the CDK asset bucket; "
                     "the object key is a content hash only known at deploy time.")

@@ -106,8 +106,7 @@ def servers(template: dict, stack: str) -> list[Server]:
         files = {path: _content(spec.get("content", "")) for path, spec in _files(metadata).items()}
         policy_owner = resources[group_of_template.get(lid, lid)]
         timeout = policy_owner.get("CreationPolicy", {}).get("ResourceSignal", {}).get("Timeout", "PT5M")
-        env = dict(line.split("=", 1) for line in files.get(render.ENV_FILE, "").splitlines()
-                   if "=" in line and not line.startswith("#"))
+        env = render.read_environment_file(files.get(render.ENV_FILE, ""))
         stage = int(env.get("APP_STAGE", "0"))
         if res["Type"] == "AWS::EC2::LaunchTemplate":
             kind = f"stage-{stage} group member"

@@ -43,7 +43,8 @@ def server_props(config: EnvironmentConfig, *, key_pair: ec2.IKeyPair | None) ->
         root_volume_gib=servers.root_volume_gib, min_servers=servers.min_servers,
         desired_servers=servers.desired_servers, max_servers=servers.max_servers, key_pair=key_pair,
         admin_cidrs=tuple(config.access.admin_cidrs),
-        termination_protection=config.operations.deletion_protection)
+        termination_protection=config.operations.deletion_protection,
+        log_retention_days=config.operations.log_retention_days)
 
 
 def database_props(config: EnvironmentConfig, network: Network) -> DatabaseProps:

@@ -71,11 +71,12 @@ class WebServiceStack(Stack):
             self.backup = DataBackup(self, "Backup", resources=backed_up,
                                      retention_days=config.operations.backup_retention_days)
         if config.is_production and not self.service.url.startswith("https://"):
+            remedy = "set domain.name and domain.hosted_zone_id in its config" if config.stage.load_balanced else \
+                "HTTPS needs a load balancer (stage 3 or later); a domain on stages 1-2 adds only its DNS record"
             Annotations.of(self).add_warning_v2(
                 "staged-web:production-without-https",
                 f"environment {config.name!r} keeps its data (operations.removal_policy = "
-                f"{config.operations.removal_policy!r}) but serves plain HTTP: set domain.name and "
-                "domain.hosted_zone_id in its config (README: HTTPS by domain).")
+                f"{config.operations.removal_policy!r}) but serves plain HTTP: {remedy} (README: HTTPS by domain).")
 
     def _key_pair(self, config: EnvironmentConfig) -> ec2.IKeyPair | None:
         """None (Session Manager only), a key pair created here, or an existing one by name."""

@@ -72,6 +72,11 @@ def library_app():
     stacks["stage2-existing-db-construct"] = SeparateDatabase(stack, "Shop", vpc=vpc, app=render.AppSpec(),
                                                               database=shared)
 
+    # No account or region (as many CDK apps are), and an EC2 database in subnets with a NAT route.
+    stack = stacks["stage2-agnostic"] = Stack(app, "Stage2Agnostic")
+    SeparateDatabase(stack, "Shop", vpc=_vpc(stack), app=render.AppSpec(),
+                     subnets=Subnets(database=ec2.SubnetSelection(subnet_group_name="Apps")))
+
     Validations.of(app).add_plugins(AwsSolutionsChecks(app))
     assembly = app.synth()
     templates = {name: Template.from_json(assembly.get_stack_by_name(s.stack_name).template)
@@ -134,6 +139,18 @@ def test_https_by_domain_on_a_load_balanced_stage(library_app):
     assert url == "https://shop.example.com/"
 
 
+def test_turning_https_on_keeps_the_port_80_listener(library_app):
+    """With a domain, port 80 redirects from the same listener: a second one on port 80 would be created
+    before the first is deleted, and the load balancer refuses two listeners on one port."""
+    _, _, templates = library_app
+
+    def port_80(template):
+        (lid,) = template.find_resources("AWS::ElasticLoadBalancingV2::Listener", {"Properties": {"Port": 80}})
+        return lid
+
+    assert port_80(templates["stage3"]) == port_80(templates["stage4-one-process"])
+
+
 def test_a_domain_on_a_single_server_points_at_its_address(library_app):
     _, _, templates = library_app
     template = templates["stage1-domain"]
@@ -154,6 +171,23 @@ def test_app_secrets_are_granted_by_name_and_never_written(library_app):
     assert reads, "the app servers' role reads the app's secret"
     # Only the references reach the template: the fetch script names them; no value could be there.
     assert '[\\"API_TOKEN\\", \\"secretsmanager\\", \\"shop/api\\", \\"token\\"]' in json.dumps(template.to_json())
+
+
+def test_an_isolated_ec2_database_without_its_endpoints_stops_the_synth():
+    """It could not install PostgreSQL, read its secret or signal: say so at synth, not after a timeout."""
+    app = App(context=dict(CDK_CONTEXT))
+    stack = Stack(app, "NoEndpoints", env=SEOUL)
+    SeparateDatabase(stack, "Shop", vpc=_vpc(stack), app=render.AppSpec())  # isolated by default, no endpoints
+    with pytest.raises(Exception, match="boot_dependencies is empty"):
+        app.synth()
+
+
+def test_an_instance_type_of_the_wrong_architecture_is_refused():
+    app = App(context=dict(CDK_CONTEXT))
+    stack = Stack(app, "Graviton", env=SEOUL)
+    with pytest.raises(ValueError, match="DatabaseProps.instance_type: t3.small is not an arm64 instance type"):
+        SeparateDatabase(stack, "Shop", vpc=_vpc(stack), app=render.AppSpec(),
+                         servers=ServerProps(architecture="arm64"), database=DatabaseProps(instance_type="t3.small"))
 
 
 def test_the_library_app_is_nag_clean(library_app):

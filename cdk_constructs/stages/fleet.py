@@ -42,10 +42,11 @@ class LoadBalancedFleet:
             notifications = encrypted_topic(scope, key_id="NotificationsKey", topic_id="Notifications",
                                             display_name=f"{scope.node.path} scaling notifications")
         server_image, data_server_image = parts.images(servers)
-        self.logs = parts.logs_for(scope, logs, nginx=layout.proxy, postgresql=getattr(database, "kind", "") == "ec2",
+        self.logs = parts.logs_for(scope, logs, servers=servers, nginx=layout.proxy,
+                                   postgresql=getattr(database, "kind", "") == "ec2",
                                    removal_policy=getattr(database, "removal_policy", RemovalPolicy.RETAIN))
-        self.database = parts.database_for(scope, database, vpc=vpc, subnets=subnets, image=data_server_image,
-                                           key_pair=servers.key_pair, logs=self.logs)
+        self.database = parts.database_for(scope, database, vpc=vpc, subnets=subnets, servers=servers,
+                                           image=data_server_image, logs=self.logs)
         certificate = balancer.certificate
         if certificate is None and domain is not None:
             # Validated by a DNS record in the zone, which CloudFormation adds and waits for.
@@ -59,7 +60,8 @@ class LoadBalancedFleet:
             access_logs_removal_policy=balancer.access_logs_removal_policy,
             auto_delete_logs=balancer.auto_delete_access_logs)
         self.app_servers = AppServerGroup(
-            scope, "AppServers", vpc=vpc, subnets=subnets.app_or_default(), instance_type=servers.instance_type,
+            scope, "AppServers", vpc=vpc, subnets=subnets.app_or_default(),
+            instance_type=parts.server_instance_type(servers.instance_type, servers, what="ServerProps.instance_type"),
             machine_image=server_image,
             init=bootstrap.app_server_init(layout, self.database.endpoint,
                                            agent=self.logs.agent_init(mount_points=["/"])),

@@ -7,7 +7,6 @@ with the others: the server layout, the database, the app's secrets, the DNS rec
 from __future__ import annotations
 
 import dataclasses
-import re
 
 from aws_cdk import CfnOutput, RemovalPolicy, Stack
 from aws_cdk import aws_backup as backup
@@ -22,13 +21,9 @@ from app_tier import render
 from cdk_constructs.app_servers import AppServer
 from cdk_constructs.database import DATA_MOUNT, Database
 from cdk_constructs.monitoring import ServiceMonitoring
-from cdk_constructs.nag import acknowledge
 from cdk_constructs.observability import ServerLogs
 from cdk_constructs.props import DatabaseProps, Domain, ServerProps, Subnets
 from cdk_constructs.server import launch_time_image, machine_image
-
-# A complete Secrets Manager ARN ends in the 6 random characters AWS appends to the name.
-_COMPLETE_SECRET_ARN = re.compile(r"^arn:[^:]+:secretsmanager:[^:]*:[^:]*:secret:.+-[A-Za-z0-9]{6}$")
 
 
 def server_layout(app: render.AppSpec, *, stage: int, proxy: bool = False, processes: int = 1) -> render.ServerLayout:
@@ -37,29 +32,48 @@ def server_layout(app: render.AppSpec, *, stage: int, proxy: bool = False, proce
     return render.ServerLayout(app=named, proxy=proxy, processes=processes)
 
 
+_ARCHITECTURES = {"x86_64": ec2.InstanceArchitecture.X86_64, "arm64": ec2.InstanceArchitecture.ARM_64}
+
+
+def server_instance_type(instance_type: str | None, servers: ServerProps, *, what: str) -> str:
+    """The type a server of `servers`' image runs on: the given one (checked) or the smallest."""
+    if servers.architecture not in _ARCHITECTURES:
+        raise ValueError(f"ServerProps.architecture: got {servers.architecture!r}; allowed: x86_64, arm64")
+    chosen = instance_type or servers.instance_type_or_default()
+    if ec2.InstanceType(chosen).architecture != _ARCHITECTURES[servers.architecture]:
+        raise ValueError(f"{what}: {chosen} is not an {servers.architecture} instance type, but the servers' image "
+                         f"is (ServerProps.architecture); pick a type of that architecture")
+    return chosen
+
+
 def images(servers: ServerProps) -> tuple[ec2.IMachineImage, ec2.IMachineImage]:
     """(image of servers without data, image of servers with data), the props' or the defaults."""
     return (servers.machine_image or machine_image("al2023", servers.architecture, pin_in_context=False),
             servers.data_server_image or launch_time_image("al2023", servers.architecture))
 
 
-def logs_for(scope: Construct, logs: ServerLogs | None, *, nginx: bool, postgresql: bool,
+def logs_for(scope: Construct, logs: ServerLogs | None, *, servers: ServerProps, nginx: bool, postgresql: bool,
              removal_policy: RemovalPolicy) -> ServerLogs:
     """The caller's log groups, or this stage's own (retained like its data)."""
     if logs is not None:
         return logs
-    return ServerLogs(scope, "Logs", prefix=Stack.of(scope).stack_name, retention_days=30,
+    return ServerLogs(scope, "Logs", prefix=Stack.of(scope).stack_name, retention_days=servers.log_retention_days,
                       removal_policy=RemovalPolicy.DESTROY if removal_policy == RemovalPolicy.DESTROY
                       else RemovalPolicy.RETAIN, nginx=nginx, postgresql=postgresql)
 
 
 def database_for(scope: Construct, database: DatabaseProps | Database, *, vpc: ec2.IVpc, subnets: Subnets,
-                 image: ec2.IMachineImage, key_pair: ec2.IKeyPair | None, logs: ServerLogs) -> Database:
+                 servers: ServerProps, image: ec2.IMachineImage, logs: ServerLogs) -> Database:
     """The caller's existing `Database`, or a new one (construct ID "Database") from its props."""
     if isinstance(database, Database):
         return database
+    if database.kind == "ec2":  # an EC2 database server runs the app servers' image
+        database = dataclasses.replace(database, instance_type=server_instance_type(
+            database.instance_type, servers, what="DatabaseProps.instance_type"))
+    elif database.instance_type is None:
+        database = dataclasses.replace(database, instance_type=servers.instance_type_or_default())
     return Database(scope, "Database", props=database, vpc=vpc, subnets=subnets.database_or_default(),
-                    machine_image=image, key_pair=key_pair, server_logs=logs)
+                    machine_image=image, key_pair=servers.key_pair, server_logs=logs)
 
 
 def connect_database(database: Database, app_servers) -> None:
@@ -70,26 +84,24 @@ def connect_database(database: Database, app_servers) -> None:
 def grant_app_secrets(scope: Construct, role: iam.IRole, app: render.AppSpec) -> None:
     """Let the app servers read, at boot, the secrets and parameters the app's environment names.
 
-    Only their names are in the template; the values are read on the server (render.APP_SECRETS_FILE)."""
+    Only their names are in the template; the values are read on the server (render.APP_SECRETS_FILE).
+    A name is taken as in the stack's account and region; an ARN as it is. A Secrets Manager ARN may
+    be complete or partial (without the six characters AWS appends), which no pattern can tell apart,
+    so an ARN is granted as given and with that suffix."""
     for variable, ref in sorted(app.secrets.items()):
-        if ref.store == "ssm":
-            name = ref.name.split(":parameter", 1)[-1] if ref.name.startswith("arn:") else ref.name
-            parameter = ssm.StringParameter.from_secure_string_parameter_attributes(
-                scope, f"Parameter{variable}", parameter_name=name)
-            parameter.grant_read(role)
-        elif _COMPLETE_SECRET_ARN.match(ref.name):
-            secretsmanager.Secret.from_secret_complete_arn(scope, f"Secret{variable}", ref.name).grant_read(role)
+        if ref.store == "ssm" and not ref.name.startswith("arn:"):
+            ssm.StringParameter.from_secure_string_parameter_attributes(
+                scope, f"Parameter{variable}", parameter_name=ref.name).grant_read(role)
+        elif ref.store == "ssm":
+            role.add_to_principal_policy(iam.PolicyStatement(
+                actions=["ssm:DescribeParameters", "ssm:GetParameter", "ssm:GetParameters",
+                         "ssm:GetParameterHistory"], resources=[ref.name]))
         elif ref.name.startswith("arn:"):
-            secretsmanager.Secret.from_secret_partial_arn(scope, f"Secret{variable}", ref.name).grant_read(role)
+            role.add_to_principal_policy(iam.PolicyStatement(
+                actions=["secretsmanager:GetSecretValue", "secretsmanager:DescribeSecret"],
+                resources=[ref.name, f"{ref.name}-??????"]))
         else:
-            secret = secretsmanager.Secret.from_secret_name_v2(scope, f"Secret{variable}", ref.name)
-            secret.grant_read(role)
-            region, account = Stack.of(scope).region, "<AWS::AccountId>"
-            acknowledge(role.node.find_child("DefaultPolicy"),
-                        f"AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:secretsmanager:{region}:{account}:"
-                        f"secret:{ref.name}-??????]",
-                        "A secret named in [app.secrets] by name: its ARN ends in six characters AWS picks at "
-                        "creation, which the grant matches and nothing else.")
+            secretsmanager.Secret.from_secret_name_v2(scope, f"Secret{variable}", ref.name).grant_read(role)
 
 
 def watch_app_server(monitoring: ServiceMonitoring, instance: ec2.Instance) -> None:
@@ -123,7 +135,8 @@ def public_app_server(scope: Construct, *, layout: render.ServerLayout, init: ec
     """Stages 1-2: the one app server (construct ID "AppServer") with its logs, the app's secrets,
     its DNS record and the outputs. Returns the server and the service's URL."""
     server = AppServer(
-        scope, "AppServer", vpc=vpc, subnets=subnets.public_or_default(), instance_type=servers.instance_type,
+        scope, "AppServer", vpc=vpc, subnets=subnets.public_or_default(),
+        instance_type=server_instance_type(servers.instance_type, servers, what="ServerProps.instance_type"),
         machine_image=machine_image, init=init, service_port=layout.service_port, key_pair=servers.key_pair,
         admin_cidrs=servers.admin_cidrs, termination_protection=servers.termination_protection,
         root_volume_gib=servers.root_volume_gib)

@@ -35,11 +35,12 @@ class SeparateDatabase(Construct):
         self.vpc = vpc
         self.layout = parts.server_layout(app, stage=self.STAGE)
         self.load_balancer = None
-        self.logs = parts.logs_for(self, logs, nginx=False, postgresql=getattr(database, "kind", "") == "ec2",
+        self.logs = parts.logs_for(self, logs, servers=servers, nginx=False,
+                                   postgresql=getattr(database, "kind", "") == "ec2",
                                    removal_policy=getattr(database, "removal_policy", None))
 
-        self.database = parts.database_for(self, database, vpc=vpc, subnets=subnets, image=data_server_image,
-                                           key_pair=servers.key_pair, logs=self.logs)
+        self.database = parts.database_for(self, database, vpc=vpc, subnets=subnets, servers=servers,
+                                           image=data_server_image, logs=self.logs)
         init = bootstrap.app_server_init(self.layout, self.database.endpoint, in_place_updates=True,
                                          agent=self.logs.agent_init(mount_points=["/"]))
         self.app_servers, self.url = parts.public_app_server(

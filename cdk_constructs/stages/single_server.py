@@ -37,7 +37,8 @@ class SingleServer(Construct):
         _, data_server_image = parts.images(servers)
         self.vpc = vpc
         self.layout = parts.server_layout(app, stage=self.STAGE)
-        self.logs = parts.logs_for(self, logs, nginx=False, postgresql=True, removal_policy=database.removal_policy)
+        self.logs = parts.logs_for(self, logs, servers=servers, nginx=False, postgresql=True,
+                                   removal_policy=database.removal_policy)
         self.database = None
         self.load_balancer = None
 

@@ -35,7 +35,7 @@ def test_tokens_pass_through_unchanged_and_no_password_is_rendered(stage, monkey
     monkeypatch.setenv(render.PASSWORD_ENV, "hunter2-in-the-environment")
     files = every_rendered_file(ServerLayout(proxy=stage == 4, processes=2))
     text = "\n".join(f.content for f in files.values())
-    assert f"DB_HOST={TOKEN_HOST}\n" in files[render.ENV_FILE].content
+    assert f"DB_HOST=\"{TOKEN_HOST}\"\n" in files[render.ENV_FILE].content
     assert f"secret_arn='{TOKEN_SECRET}'" in files[render.FETCH_PASSWORD_SCRIPT].content
     assert "hunter2" not in text
     assert not re.search(r"(?<![A-Z_])DB_PASSWORD=", text)  # only ever DB_PASSWORD_FILE
@@ -88,7 +88,7 @@ def test_the_app_contract_reaches_the_server_and_secrets_stay_references():
                            "FLAG": AppSecret(store="ssm", name="/app/flag")})
     layout = ServerLayout(app=app)
     files = render.app_server_files(layout, LOCAL_DATABASE)
-    assert files[render.ENV_FILE].content.endswith("GREETING=hello\n")
+    assert files[render.ENV_FILE].content.endswith('GREETING="hello"\n')
     assert "API_TOKEN" not in files[render.ENV_FILE].content and "FLAG" not in files[render.ENV_FILE].content
     unit = files[f"{render.UNIT_DIR}/app.service"].content
     assert f"EnvironmentFile={render.APP_SECRETS_FILE}\n" in unit
@@ -114,6 +114,12 @@ def test_the_secrets_file_quotes_what_systemd_would_otherwise_expand(tmp_path):
     namespace: dict = {}
     exec(script.split("\nlines = []")[0], namespace)  # the definitions, not the fetching
     assert namespace["quoted"]('a"b$c`d\\e') == '"a\\"b\\$c\\`d\\\\e"'
+
+
+@pytest.mark.parametrize("value", ['plain', 'two words', 'a"b', "$HOME and ${X}", "C:\\path\\", "`id`", "'single'"])
+def test_environment_file_values_read_back_unchanged(value):
+    line = f"V={render.environment_file_value(value)}"
+    assert render.read_environment_file(line) == {"V": value}
 
 
 def test_stage_4_nginx_spreads_over_every_copy_and_retries():
