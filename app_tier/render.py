@@ -63,6 +63,7 @@ NGINX_CONF = "/etc/nginx/nginx.conf"
 PG_CONF_DIR = "/etc/webapp/postgresql"
 PG_DATA_DIR = "/var/lib/pgsql/data"  # Amazon Linux 2023 postgresql15-server default
 PG_SETUP_SCRIPT = f"{LIBEXEC_DIR}/setup-postgresql"
+PG_SETTINGS_APPLIED = f"{PG_CONF_DIR}/.applied"  # the checksum of the settings PostgreSQL runs with
 PASSWORD_ENV = "WEBAPP_DB_PASSWORD"  # how the setup SQL receives the password (never argv)
 
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
@@ -684,7 +685,15 @@ install -d -o postgres -g postgres -m 0700 "$(dirname "$data")"
 include="include '{PG_CONF_DIR}/postgresql.conf'"
 grep -qxF "$include" "$data/postgresql.conf" || echo "$include" >> "$data/postgresql.conf"
 systemctl enable postgresql.service
-systemctl restart postgresql.service
+# cfn-hup runs this again on every update, an app-only one too: restart PostgreSQL only when its
+# settings changed since they were last applied, and never under a running app for nothing.
+settings=$(cat {PG_CONF_DIR}/postgresql.conf {PG_CONF_DIR}/pg_hba.conf | sha256sum | cut -d' ' -f1)
+if ! systemctl is-active --quiet postgresql.service; then
+  systemctl start postgresql.service
+elif [ "$(cat {PG_SETTINGS_APPLIED} 2>/dev/null)" != "$settings" ]; then
+  systemctl restart postgresql.service
+fi
+echo "$settings" > {PG_SETTINGS_APPLIED}
 systemctl start {FETCH_PASSWORD_UNIT}
 {PASSWORD_ENV}=$(cat {PASSWORD_FILE})
 export {PASSWORD_ENV}

@@ -694,6 +694,7 @@ def in_place_update(env: Environment, config, c: ct.Container, server: tpl.Serve
         result.fail("update", f"the app change also changes {changed}: a real deploy would not update in place")
         return
     before = visits(c, server)
+    database_pid = postgresql_pid(c)  # stage 1 runs PostgreSQL on this server
     started = time.monotonic()
     env.publish(c, server, assembly, template)
     base = f"http://{c.address}:{server.service_port}/"
@@ -715,8 +716,17 @@ def in_place_update(env: Environment, config, c: ct.Container, server: tpl.Serve
         errors = [line for line in rotate.stdout.splitlines() if line.startswith("error:")][:3]
         if rotate.returncode != 0 or errors or f"{render.LOG_DIR}/" not in rotate.stdout:
             result.fail("update", f"logrotate's config broke after the update: {errors or 'webapp logs not rotated'}")
+        elif database_pid != postgresql_pid(c):
+            result.fail("update", f"an app-only change restarted PostgreSQL (pid {database_pid} -> {postgresql_pid(c)})")
         else:
-            result.ok(f"update(cfn-hup served the new code in {time.monotonic() - started:.0f} s, data kept)")
+            kept = f", PostgreSQL not restarted (pid {database_pid})" if database_pid else ""
+            result.ok(f"update(cfn-hup served the new code in {time.monotonic() - started:.0f} s, data kept{kept})")
+
+
+def postgresql_pid(c: ct.Container) -> int:
+    """The main PID of the server's own PostgreSQL, 0 when it runs none."""
+    shown = c.run("systemctl show -p MainPID --value postgresql.service", check=False).stdout.strip()
+    return int(shown) if shown.isdigit() else 0
 
 
 def changed_resources(before: dict, after: dict, *, ignore_metadata_of: str) -> list[str]:
