@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from aws_cdk import App, Environment, Stack, Validations
@@ -42,8 +43,10 @@ def _zone(stack: Stack) -> route53.IHostedZone:
 
 
 RDS = DatabaseProps(kind="rds", port=5433, multi_az=True)
+PARTNER_ARN = "arn:aws:secretsmanager:ap-northeast-2:123456789012:secret:partner/key"  # partial: no suffix
 SECRETS = {"API_TOKEN": render.AppSecret(store="secretsmanager", name="shop/api", key="token"),
-           "FEATURE_FLAGS": render.AppSecret(store="ssm", name="/shop/flags")}
+           "FEATURE_FLAGS": render.AppSecret(store="ssm", name="/shop/flags"),
+           "PARTNER_KEY": render.AppSecret(store="secretsmanager", name=PARTNER_ARN)}
 
 
 @pytest.fixture(scope="module")
@@ -166,6 +169,8 @@ def test_app_secrets_are_granted_by_name_and_never_written(library_app):
                   for s in policy["Properties"]["PolicyDocument"]["Statement"]]
     text = json.dumps(statements)
     assert "secret:shop/api-??????" in text and "parameter/shop/flags" in text
+    # An ARN may be partial or complete: granted as given and with the suffix AWS appends.
+    assert f'"{PARTNER_ARN}"' in text and f'"{PARTNER_ARN}-??????"' in text
     reads = [s for s in statements if "secretsmanager:GetSecretValue" in json.dumps(s["Action"])
              and "shop/api" in json.dumps(s["Resource"])]
     assert reads, "the app servers' role reads the app's secret"
@@ -188,6 +193,18 @@ def test_an_instance_type_of_the_wrong_architecture_is_refused():
     with pytest.raises(ValueError, match="DatabaseProps.instance_type: t3.small is not an arm64 instance type"):
         SeparateDatabase(stack, "Shop", vpc=_vpc(stack), app=render.AppSpec(),
                          servers=ServerProps(architecture="arm64"), database=DatabaseProps(instance_type="t3.small"))
+
+
+@pytest.mark.parametrize("name", ["stage3", "stage1-domain", "stage2-agnostic"])
+def test_the_library_templates_are_cfn_lint_clean(library_app, tmp_path, name):
+    """The config path's templates are linted in test_nag_and_lint; these cover what only the library
+    builds here: a DNS-validated certificate, records, secrets granted by name and ARN, no region."""
+    _, _, templates = library_app
+    path = tmp_path / f"{name}.template.json"
+    path.write_text(json.dumps(templates[name].to_json()))
+    cfn_lint = Path(sys.executable).parent / "cfn-lint"
+    result = subprocess.run([str(cfn_lint), "--", str(path)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_the_library_app_is_nag_clean(library_app):
