@@ -1,4 +1,4 @@
-"""The sample web app: replace it with your own (change ServerLayout.start_command).
+"""The sample web app (WSGI, under gunicorn): replace it with your own by editing [app] in config.
 
 Standard library plus psycopg only. Endpoints:
   GET /         JSON pid, hostname, stage and a visit count kept in PostgreSQL
