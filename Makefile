@@ -9,7 +9,7 @@ export PYTHONDONTWRITEBYTECODE := 1
 CDK := npx --no-install cdk
 ENV_CTX := $(if $(ENV),-c env=$(ENV),)
 
-.PHONY: help setup synth test pytest rehearse lint linted-assembly diff deploy clean snapshot-update deploy-local local-down cost diagrams bench
+.PHONY: help setup synth test pytest rehearse lint linted-assembly diff deploy status rollback clean snapshot-update deploy-local local-down cost diagrams bench
 
 help:
 	@echo "make deploy-local [ENV=name]  deploy every environment (or one) to a local AWS emulator and verify it"
@@ -17,7 +17,10 @@ help:
 	@echo "make rehearse [ENV=name]      boot every kind of server from the synthesized templates under real systemd"
 	@echo "make synth [ENV=name]         synthesize CloudFormation (no credentials needed)"
 	@echo "make diff ENV=name            cdk diff against your AWS account"
-	@echo "make deploy ENV=name          cdk deploy to your AWS account"
+	@echo "make deploy ENV=name          cdk deploy to your AWS account (keeps the assembly: .local/deploys/)"
+	@echo "make status ENV=name          stack status, AppVersion, the version each server runs, recorded deploys"
+	@echo "make rollback ENV=name [TO=n] deploy the previous recorded assembly again (nothing rebuilt)"
+	@echo "                              (status/rollback go to the local emulator when AWS_ENDPOINT_URL is set)"
 	@echo "make lab [ENV=name] [PROCESSES=N STAGE=4 PORT=8080]  run one server's app tier (an environment's [app]) locally"
 	@echo "make bench                    load, synth and deploy benchmarks"
 	@echo "make bench-synth [RUNS=n]     cdk synth of every environment against an empty CDK app"
@@ -53,18 +56,30 @@ rehearse: setup
 # app.py skips CDK's built-in template validation (bench/synth.py: it was most of a synth's time);
 # cfn-lint is the check instead, so what is diffed or deployed is the assembly cfn-lint passed.
 ASSEMBLY = cdk.out.$(ENV)
+# The git commit goes into the AppVersion as context (the stack does not run git: in-process synths stay stable).
+COMMIT_CTX = $(shell $(PY) -m tools.deploys commit 2>/dev/null | sed 's/^./-c app-commit=&/')
 
 linted-assembly: setup
 	@test -n "$(ENV)" || { echo "usage: make diff|deploy ENV=name"; exit 2; }
 	rm -rf $(ASSEMBLY)
-	$(CDK) synth -c env=$(ENV) --quiet --output $(ASSEMBLY)
+	$(CDK) synth -c env=$(ENV) $(COMMIT_CTX) --quiet --output $(ASSEMBLY)
 	$(VENV)/bin/cfn-lint $(ASSEMBLY)/*.template.json
 
 diff: linted-assembly
 	$(CDK) diff --app $(ASSEMBLY) --all
 
+# Recorded only when the deploy succeeded (make stops at a failed command).
 deploy: linted-assembly
 	$(CDK) deploy --app $(ASSEMBLY) --all --require-approval broadening
+	$(PY) -m tools.deploys record --env $(ENV) --assembly $(ASSEMBLY)
+
+status: setup
+	@test -n "$(ENV)" || { echo "usage: make status ENV=name"; exit 2; }
+	@$(PY) -m tools.deploys status --env $(ENV)
+
+rollback: setup
+	@test -n "$(ENV)" || { echo "usage: make rollback ENV=name [TO=n]"; exit 2; }
+	$(PY) -m tools.deploys rollback --env $(ENV) $(if $(TO),--to $(TO),)
 
 clean:
 	rm -rf cdk.out cdk.out.* .pytest_cache

@@ -36,6 +36,7 @@ from rehearsal import container as ct
 from rehearsal import firewall, synth
 from rehearsal import template as tpl
 from rehearsal.packages import PACKAGES
+from stacks.web_service import APP_VERSION_TAG
 
 REPO = Path(__file__).resolve().parent.parent
 STATE = REPO / ".local" / "rehearsal"
@@ -730,10 +731,16 @@ def postgresql_pid(c: ct.Container) -> int:
 
 
 def changed_resources(before: dict, after: dict, *, ignore_metadata_of: str) -> list[str]:
-    """Logical IDs whose definition differs between two syntheses, besides one resource's metadata."""
+    """Logical IDs whose definition differs between two syntheses, besides one resource's metadata
+    and its `app-version` tag (a new version changes both; an instance's tags update without
+    interruption). Any other change to that resource still counts."""
     def strip(template: dict) -> dict:
         resources = json.loads(json.dumps(template["Resources"]))
-        resources.get(ignore_metadata_of, {}).pop("Metadata", None)
+        server = resources.get(ignore_metadata_of, {})
+        server.pop("Metadata", None)
+        tags = server.get("Properties", {}).get("Tags")
+        if isinstance(tags, list):
+            server["Properties"]["Tags"] = [t for t in tags if t.get("Key") != APP_VERSION_TAG]
         return resources
     old, new = strip(before), strip(after)
     return sorted(lid for lid in old.keys() | new.keys() if old.get(lid) != new.get(lid))

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import re
+
 from aws_cdk import Annotations, CfnOutput, Environment, RemovalPolicy, Stack, Tags
+from aws_cdk import aws_autoscaling as autoscaling
 from aws_cdk import aws_ec2 as ec2
+from aws_cdk import aws_s3_assets as s3_assets
 from aws_cdk import aws_sns_subscriptions as subscriptions
 from constructs import Construct
 
@@ -15,6 +19,14 @@ from cdk_constructs.observability import ServerLogs
 from cdk_constructs.stages import STAGES, MultiProcess
 from envconfig import EnvironmentConfig
 from stacks import config_mapping as mapping
+
+# The app version: the app source asset's content hash, plus the git commit our tooling passes as
+# `-c app-commit=...` (tools/deploys.py; semver's "+build" separator). The commit is context, not
+# read here, so an in-process synth (tests, the rehearsal) stays the same from one commit to the next.
+APP_VERSION_TAG = "app-version"
+APP_VERSION_OUTPUT = "AppVersion"
+COMMIT_CONTEXT = "app-commit"
+_COMMIT = re.compile(r"^[0-9a-f]{4,40}(-dirty)?$")
 
 
 class WebServiceStack(Stack):
@@ -66,6 +78,7 @@ class WebServiceStack(Stack):
         self.service = stage_class(self, "Service", **props)
         self.monitoring = ServiceMonitoring(self, "Monitoring", name=config.stack_name, topic=self.alarm_topic)
         self.service.watch(self.monitoring)
+        self.app_version = self._record_app_version(config)
         backed_up = self.service.backed_up_resources()
         if backed_up:
             self.backup = DataBackup(self, "Backup", resources=backed_up,
@@ -77,6 +90,35 @@ class WebServiceStack(Stack):
                 "staged-web:production-without-https",
                 f"environment {config.name!r} keeps its data (operations.removal_policy = "
                 f"{config.operations.removal_policy!r}) but serves plain HTTP: {remedy} (README: HTTPS by domain).")
+
+    def _record_app_version(self, config: EnvironmentConfig) -> str:
+        """The version as the `AppVersion` output and an `app-version` tag on every app server."""
+        hashes = {c.asset_hash for c in self.node.find_all()
+                  # ec2.InitSource.from_asset names its asset after the target directory (…--app).
+                  if isinstance(c, s3_assets.Asset) and c.node.id.endswith("--appAsset")}
+        if len(hashes) != 1:
+            raise RuntimeError(f"{self.stack_name}: expected one app source asset, found {sorted(hashes)}")
+        version = hashes.pop()[:12]
+        commit = self.node.try_get_context(COMMIT_CONTEXT)
+        if commit and not _COMMIT.match(str(commit)):
+            Annotations.of(self).add_error(
+                f"environment {config.name!r}: context {COMMIT_CONTEXT}: got {commit!r}; allowed: a git commit "
+                "(4-40 hex digits), optionally with -dirty, as `git rev-parse --short HEAD` prints it")
+        elif commit:
+            version += f"+{commit}"
+        CfnOutput(self, APP_VERSION_OUTPUT, value=version,
+                  description="App version: source asset hash (+ git commit at synth)").override_logical_id(
+                      APP_VERSION_OUTPUT)
+        servers = self.service.app_servers
+        if isinstance(getattr(servers, "group", None), autoscaling.AutoScalingGroup):
+            # On the group only, propagated at launch: a tag on the launch template would make a
+            # commit-only change a new launch template version, hence a rollout with nothing new.
+            servers.group.node.default_child.tags.set_tag(APP_VERSION_TAG, version, 100, True)
+        else:
+            # On the instance resource only (not its launch template, whose new version would replace
+            # the server): an instance's tags update without interruption.
+            servers.instance.instance.tags.set_tag(APP_VERSION_TAG, version, 100)
+        return version
 
     def _key_pair(self, config: EnvironmentConfig) -> ec2.IKeyPair | None:
         """None (Session Manager only), a key pair created here, or an existing one by name."""

@@ -3,12 +3,14 @@
     python -m tools.local_aws all    [--env NAME]   # up + deploy + verify (what `make deploy-local` runs)
     python -m tools.local_aws up     [--port P]     # start the emulator, or reuse the running one
     python -m tools.local_aws deploy [--env NAME]   # cdk bootstrap + cdk deploy -c target=emulator
+    python -m tools.local_aws deploy --env NAME --app DIR  # deploy an assembly synthesized elsewhere
     python -m tools.local_aws verify [--env NAME]   # the post-deploy checks, one report per stack
     python -m tools.local_aws down                  # stop the emulator
     python -m tools.local_aws verify --aws --env prod  # the same checks in your real account
 
 The real CDK CLI runs with `AWS_ENDPOINT_URL` pointing at the emulator and dummy
 credentials, and every variable that could select a real account removed.
+Every successful deploy is recorded with its assembly (tools/deploys.py: `make status`, `make rollback`).
 Exit code: 0 when every deploy and check passed, 1 when a check failed, 2 when a deploy failed.
 """
 
@@ -24,7 +26,7 @@ import time
 from pathlib import Path
 
 from envconfig import ConfigError, EnvironmentConfig, load_environments
-from tools import ROOT
+from tools import ROOT, deploys
 from tools.checks.deploy_checks import FAIL, NOT_SHOWN, PASS, StackReport, verify
 from tools.local_aws import emulator as emu
 
@@ -33,6 +35,11 @@ BOOTSTRAP_STACK = "CDKToolkit"
 # CloudFormation's CreateStack/UpdateStack instead of change sets: moto's change-set execution
 # never evaluates the template's Outputs (so `Url` would be missing); direct deploys do.
 DEPLOY_METHOD = "direct"
+# For deploying a given assembly (a rollback, a changed app): parameters not given take their template
+# defaults instead of UsePreviousValue, because moto's UpdateStack looks a previous value up in the stack's
+# parameters, where it never stored the SSM-typed BootstrapVersion: the update failed with KeyError.
+# Not for `deploy`: with it the CLI no longer skips an unchanged stack ("(no changes)").
+UPDATE_PARAMETERS = "--no-previous-parameters"
 
 
 class DeployError(RuntimeError):
@@ -105,9 +112,24 @@ def deploy(emulator: emu.Emulator, configs: list[EnvironmentConfig], state_dir: 
     if len(configs) == 1:
         context += ["-c", f"env={configs[0].name}"]
     stacks = [cfg.stack_name for cfg in configs]
-    _run_cdk(["deploy", *context, *stacks, "--require-approval", "never", "--method", DEPLOY_METHOD,
-              "--output", str(output), "--progress", "events"],
+    _run_cdk(["deploy", *context, *deploys.commit_context(), *stacks, "--require-approval", "never",
+              "--method", DEPLOY_METHOD, "--output", str(output), "--progress", "events"],
              emulator, configs[0].region, state_dir / "cdk-deploy.log", cwd=ROOT)
+
+
+def deploy_assembly(emulator: emu.Emulator, config: EnvironmentConfig, assembly: Path, state_dir: Path) -> None:
+    """`cdk deploy --app <assembly>`: an assembly as it was synthesized (a rollback's, or one built in
+    a test), nothing re-synthesized; its assets are published again if the emulator lacks them."""
+    _run_cdk(["deploy", "--app", str(assembly), config.stack_name, "--require-approval", "never",
+              "--method", DEPLOY_METHOD, UPDATE_PARAMETERS, "--progress", "events"],
+             emulator, config.region, state_dir / "cdk-deploy.log", cwd=state_dir)
+
+
+def record_deploys(configs: list[EnvironmentConfig], assembly: Path, state_dir: Path, how: str = "deploy") -> None:
+    for config in configs:
+        kept = deploys.record(config.name, assembly, config.stack_name, target="emulator", how=how,
+                              deploys_dir=state_dir / "deploys")
+        _say(f"recorded: {config.name} deploy {kept.number}, version {kept.version} ({kept.path})")
 
 
 def print_report(report: StackReport) -> None:
@@ -153,7 +175,7 @@ def _verify_real_account(configs: list[EnvironmentConfig]) -> int:
 
 
 def run(command: str, env: str | None = None, port: int | None = None, state_dir: Path = emu.DEFAULT_STATE_DIR,
-        output: Path | None = None, real_aws: bool = False) -> int:
+        output: Path | None = None, real_aws: bool = False, app: Path | None = None) -> int:
     state_dir = state_dir.resolve()
     output = (output or ROOT / "cdk.out.emulator").resolve()
     if command == "down":
@@ -186,9 +208,14 @@ def run(command: str, env: str | None = None, port: int | None = None, state_dir
             _say(f"bootstrap: {', '.join(bootstrapped) if bootstrapped else 'already bootstrapped'} "
                  f"({phases['bootstrap']:.1f} s)")
             t = time.monotonic()
-            _say(f"deploy: {', '.join(c.stack_name for c in configs)} with -c target=emulator ...")
-            deploy(emulator, configs, state_dir, output)
+            if app is not None:
+                _say(f"deploy: {configs[0].stack_name} from the assembly {app} ...")
+                deploy_assembly(emulator, configs[0], app.resolve(), state_dir)
+            else:
+                _say(f"deploy: {', '.join(c.stack_name for c in configs)} with -c target=emulator ...")
+                deploy(emulator, configs, state_dir, output)
             phases["deploy"] = time.monotonic() - t
+            record_deploys(configs, app.resolve() if app is not None else output, state_dir)
             _say(f"deploy: done ({phases['deploy']:.1f} s, log {state_dir / 'cdk-deploy.log'})")
             _say()
         if command in ("all", "verify"):
@@ -222,13 +249,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--state-dir", type=Path, default=emu.DEFAULT_STATE_DIR,
                         help="where the emulator's pid/port file and logs go (default: .local/)")
     parser.add_argument("--output", type=Path, help="cdk output directory (default: cdk.out.emulator)")
+    parser.add_argument("--app", type=Path,
+                        help="deploy only, one --env: deploy this synthesized assembly instead of synthesizing")
     parser.add_argument("--aws", action="store_true",
                         help="verify only: check the stacks in your real AWS account (after `make deploy`)")
     args = parser.parse_args(argv)
     if args.aws and args.command != "verify":
         parser.error("--aws goes with `verify` only: deploy to AWS with `make deploy ENV=name`")
+    if args.app and (args.command != "deploy" or not args.env or "," in args.env):
+        parser.error("--app goes with `deploy` and one --env")
     try:
-        return run(args.command, args.env, args.port, args.state_dir, args.output, real_aws=args.aws)
-    except (ConfigError, emu.EmulatorError) as err:
+        return run(args.command, args.env, args.port, args.state_dir, args.output, real_aws=args.aws, app=args.app)
+    except (ConfigError, emu.EmulatorError, deploys.DeployRecordError) as err:
         _say(f"error: {err}")
         return 2
