@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 from aws_cdk import Duration
 from aws_cdk import aws_autoscaling as autoscaling
+from aws_cdk import aws_cloudwatch as cloudwatch
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_sns as sns
 from constructs import Construct
@@ -72,16 +73,17 @@ class AppServer(Construct):
 
 
 class AppServerGroup(Construct):
-    """An Auto Scaling group of app servers in private subnets, rolled in batches on change.
+    """An Auto Scaling group of app servers in private subnets, replaced by an instance refresh on change.
 
     Exposes `group`, `role`, `security_group`, `connections`.
     """
 
     def __init__(self, scope: Construct, construct_id: str, *, vpc: ec2.IVpc, subnets: ec2.SubnetSelection,
                  instance_type: str, machine_image: ec2.IMachineImage, init: ec2.CloudFormationInit,
-                 min_servers: int, desired_servers: int, max_servers: int, key_pair: ec2.IKeyPair | None,
+                 min_servers: int, max_servers: int, key_pair: ec2.IKeyPair | None,
                  admin_cidrs: Sequence[str], root_volume_gib: int, notifications: sns.ITopic,
-                 health_check_grace_minutes: int = 5) -> None:
+                 rollout_alarms: Sequence[cloudwatch.IAlarm], min_healthy_percent: int, max_healthy_percent: int,
+                 warmup_seconds: int, bake_seconds: int, health_check_grace_minutes: int = 5) -> None:
         super().__init__(scope, construct_id)
         self.role = ServerRole(self, "Role").role
         self.security_group = ec2.SecurityGroup(self, "SecurityGroup", vpc=vpc, allow_all_outbound=True,
@@ -92,20 +94,28 @@ class AppServerGroup(Construct):
             security_group=self.security_group, role=self.role, require_imdsv2=True,
             block_devices=[group_root_volume(root_volume_gib)], instance_monitoring=autoscaling.Monitoring.DETAILED,
             key_pair=key_pair,
-            min_capacity=min_servers, desired_capacity=desired_servers, max_capacity=max_servers,
+            # No desired capacity: the group starts at min_servers and only scaling moves it, so a
+            # deploy never puts a fleet that scaled out back to a fixed size (aws-cdk issue 5215).
+            min_capacity=min_servers, max_capacity=max_servers,
             init=init, init_options=bootstrap.init_options_for_group(),
+            # Creation only: the stack is not complete until min_servers servers signalled success
+            # (cfn-init finished, app healthy). An instance refresh does not wait for cfn-signal.
             signals=autoscaling.Signals.wait_for_min_capacity(timeout=BOOT_SIGNAL_TIMEOUT),
-            # Replace one server at a time and keep the desired capacity serving meanwhile; each
-            # new server must signal success (cfn-init finished, app healthy) or the update
-            # rolls back.
-            update_policy=autoscaling.UpdatePolicy.rolling_update(
-                max_batch_size=1, min_instances_in_service=min(desired_servers, max_servers - 1),
-                wait_on_resource_signals=True, pause_time=BOOT_SIGNAL_TIMEOUT,
-                suspend_processes=[autoscaling.ScalingProcess.HEALTH_CHECK,
-                                   autoscaling.ScalingProcess.REPLACE_UNHEALTHY,
-                                   autoscaling.ScalingProcess.AZ_REBALANCE,
-                                   autoscaling.ScalingProcess.ALARM_NOTIFICATION,
-                                   autoscaling.ScalingProcess.SCHEDULED_ACTIONS]),
+            # On a change of the launch template, CloudFormation starts an instance refresh:
+            # - launch before terminate: at least min_healthy_percent (100) of the desired capacity
+            #   stays in service, up to max_healthy_percent may be in service or launching;
+            # - a new server counts only once it is InService AND healthy to the load balancer (the
+            #   group's health check type is ELB, so the refresh waits for the target group's verdict),
+            #   then warmup_seconds more; old servers are deregistered and drained before they stop;
+            # - any rollout alarm in ALARM during the refresh, or during bake_seconds after it, fails
+            #   the refresh; CloudFormation then rolls the stack back, which refreshes the servers back
+            #   to the previous launch template by this same policy (so it must stay on the group).
+            # Scaling stays active meanwhile; the percentages follow the current desired capacity.
+            update_policy=autoscaling.UpdatePolicy.instance_refresh(
+                strategy=autoscaling.InstanceRefreshStrategy.ROLLING,
+                min_healthy_percentage=min_healthy_percent, max_healthy_percentage=max_healthy_percent,
+                instance_warmup=Duration.seconds(warmup_seconds),
+                bake_time=Duration.seconds(bake_seconds), alarms=list(rollout_alarms) or None),
             health_checks=autoscaling.HealthChecks.with_additional_checks(
                 additional_types=[autoscaling.AdditionalHealthCheckType.ELB],
                 grace_period=Duration.minutes(health_check_grace_minutes)),
@@ -113,9 +123,13 @@ class AppServerGroup(Construct):
             cooldown=Duration.minutes(3),
         )
         acknowledge_bootstrap_grants(self.role)
-        acknowledge(self.group, "@aws-cdk/aws-autoscaling:desiredCapacitySet",
-                    "servers.desired_servers is the fleet size the environment is reviewed at; a deploy resets it "
-                    "on purpose, and scaling policies move it between deploys (README: Scaling).")
+        # What guarantees "only once healthy" during a refresh is not cfn-signal but the load
+        # balancer: a newly registered target gets no requests until it passed the target group's
+        # health check (the app's health path, answered only once cfn-init started the app), and
+        # the refresh counts it only when that check reports it healthy.
+        acknowledge(self.group, "@aws-cdk/aws-autoscaling:signalsNotUsedByInstanceRefresh",
+                    "Signals gate the group's creation only; during an instance refresh readiness is the load "
+                    "balancer's health check (health check type ELB) plus the instance warm-up.")
         self.connections = self.group.connections
         allow_ssh_from_admins(self.connections, admin_cidrs=admin_cidrs, key_pair=key_pair)
 

@@ -28,7 +28,10 @@ class ServerProps:
     for `architecture`, resolved at deploy time (a new release rolls them). `data_server_image`:
     the image of servers that hold data (stage 1's server, the EC2 database server); default, the
     same Amazon Linux 2023 resolved by EC2 at launch, so a new release never replaces them.
-    `min/desired/max_servers` apply to the load-balanced stages; stages 1-2 run one server.
+    `min_servers` and `max_servers` bound the load-balanced stages' group; stages 1-2 run one server.
+    The group starts at `min_servers` and scaling moves it; no deploy sets its size, so a deploy at
+    peak load never shrinks a fleet that scaled out. `desired_servers` is accepted only as that
+    initial size (None, or equal to `min_servers`; a synth error says so otherwise).
     `key_pair` is None for Session Manager only; then SSH stays closed whatever `admin_cidrs` says.
     `instance_type` defaults to the smallest burstable type of `architecture` (t3.micro, t4g.micro).
     `termination_protection` refuses TerminateInstances on the one app server of stages 1-2 (the
@@ -42,7 +45,7 @@ class ServerProps:
     data_server_image: ec2.IMachineImage | None = None
     root_volume_gib: int = 16
     min_servers: int = 2
-    desired_servers: int = 2
+    desired_servers: int | None = None
     max_servers: int = 4
     key_pair: ec2.IKeyPair | None = None
     admin_cidrs: Sequence[str] = ()
@@ -102,9 +105,24 @@ class LoadBalancerProps:
     `certificate`: an existing certificate for HTTPS (otherwise one is issued for `domain`, if any).
     `access_logs_removal_policy` and `auto_delete_access_logs` (needs a Lambda-backed custom
     resource) govern its access-log buckets.
+
+    `rollout_*` shape the instance refresh that replaces the servers on a deploy. Launch before
+    terminate: never fewer than `rollout_min_healthy_percent` (100) of the desired capacity in service,
+    at most `rollout_max_healthy_percent` in service or launching (150: one extra server for a fleet of
+    two, half the fleet extra for larger ones, so the first new servers meet the alarms before the rest
+    are replaced). A new server counts as ready `rollout_warmup_seconds` after the load balancer's
+    health check passes; `rollout_bake_seconds` after the last one, the alarms may still fail the
+    deploy. The rollout alarms fire when the targets' 5xx share of requests exceeds
+    `rollout_5xx_percent`, or a target is unhealthy, in `rollout_alarm_minutes` consecutive minutes.
     """
 
     deregistration_delay_seconds: int = 30
+    rollout_min_healthy_percent: int = 100
+    rollout_max_healthy_percent: int = 150
+    rollout_warmup_seconds: int = 60
+    rollout_bake_seconds: int = 300
+    rollout_5xx_percent: float = 5.0
+    rollout_alarm_minutes: int = 2
     target_requests_per_server_per_minute: int = 500
     target_cpu_percent: int = 60
     certificate: acm.ICertificate | None = None

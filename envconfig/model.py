@@ -212,8 +212,10 @@ class ServersConfig(Section):
     ami: Annotated[str | dict[str, str], PlainValidator(_ami)] = Field(
         "al2023", description="\"al2023\" (the latest Amazon Linux 2023) or a table of AMI IDs per region")
     min_servers: int = _whole(1, 100, 1)
-    desired_servers: int = _whole(1, 100, note=" (default: min_servers)")
-    max_servers: int = _whole(1, 100, note=" (default: the larger of min_servers and desired_servers)")
+    # Kept only as a statement of the initial size: the group starts at min_servers and only scaling
+    # moves it (a deploy never sets it), so any other value would promise a fleet size nothing sets.
+    desired_servers: int = _whole(1, 100, note=" equal to min_servers (default: min_servers)")
+    max_servers: int = _whole(1, 100, note=" (default: min_servers)")
     root_volume_gib: int = _whole(8, 1024, 16)
 
     @classmethod
@@ -223,14 +225,18 @@ class ServersConfig(Section):
             return value if type(value) is int else default
         low = count("min_servers", _default(cls, "min_servers"))
         raw.setdefault("desired_servers", low)
-        raw.setdefault("max_servers", max(low, count("desired_servers", low)))
+        raw.setdefault("max_servers", low)
 
     @rule
     def _counts_in_order(c, found: Problems) -> None:
         low, desired, high = c.min_servers, c.desired_servers, c.max_servers
-        if not low <= desired <= high:
-            found.add((), f"got min_servers ({low}) <= desired_servers ({desired}) <= max_servers ({high}), which does "
-                          "not hold; allowed: counts in that order")
+        if desired != low:
+            found.add("desired_servers", f"got {desired}, but the group starts at min_servers ({low}) and only scaling "
+                                         "moves it; a deploy never sets the fleet size; allowed: leave it out, or "
+                                         "equal to min_servers (raise min_servers for a larger floor)")
+        if not low <= high:
+            found.add((), f"got min_servers ({low}) <= max_servers ({high}), which does not hold; allowed: counts in "
+                          "that order")
 
     @rule
     def _family_of_the_architecture(c, found: Problems) -> None:

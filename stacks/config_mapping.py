@@ -40,8 +40,9 @@ def server_props(config: EnvironmentConfig, *, key_pair: ec2.IKeyPair | None) ->
         # With a fixed account the latest Amazon Linux is looked up once and pinned in cdk.context.json.
         machine_image=machine_image(servers.ami, servers.architecture, pin_in_context=config.account is not None),
         data_server_image=launch_time_image(servers.ami, servers.architecture),
+        # desired_servers is not mapped: the config only checks it equals min_servers, where the group starts.
         root_volume_gib=servers.root_volume_gib, min_servers=servers.min_servers,
-        desired_servers=servers.desired_servers, max_servers=servers.max_servers, key_pair=key_pair,
+        max_servers=servers.max_servers, key_pair=key_pair,
         admin_cidrs=tuple(config.access.admin_cidrs),
         termination_protection=config.operations.deletion_protection,
         log_retention_days=config.operations.log_retention_days)

@@ -58,7 +58,9 @@ BAD_VALUES = [
      "listed twice"),
     (PROD, "network.nat_gateways", 3, "network.nat_gateways", "0 to 2"),
     (PROD, "network.nat_gateways", 0, "network.nat_gateways", "1 or more"),
-    (PROD, "servers.min_servers", 5, "servers", "min_servers (5) <= desired_servers (2)"),
+    (PROD, "servers.max_servers", 1, "servers", "min_servers (2) <= max_servers (1)"),
+    (PROD, "servers.desired_servers", 3, "servers.desired_servers", "equal to min_servers (raise min_servers"),
+    (PROD, "servers.min_servers", 3, "servers.desired_servers", "starts at min_servers (3)"),
     (PROD, "app.processes_per_server", 0, "app.processes_per_server", "1 to 64"),
     (PROD, "servers.instance_type", "x9.large", "servers.instance_type", "unknown instance family 'x9'"),
     (PROD, "servers.instance_type", "t3.huge", "servers.instance_type", "unknown size 'huge'"),
@@ -79,7 +81,7 @@ BAD_VALUES = [
     (PROD, "operations.log_retention_days", 10, "operations.log_retention_days", "allowed"),
     (PROD, "operations.alarm_email", "ops-at-example", "operations.alarm_email", "email"),
     (PROD, "servers.colour", "blue", "servers.colour", "unknown field"),
-    (DEV, "servers.desired_servers", 2, "servers", "stage 1 runs exactly one app server"),
+    (DEV, "servers.max_servers", 2, "servers", "stage 1 runs exactly one app server"),
     (DEV, "app.processes_per_server", 4, "app.processes_per_server", "stage 4 runs several"),
     (PROD, "pipeline.enabled", True, "pipeline", "needs connection_arn and repository"),
     # fields that moved (issue 9): an old file is told where they live now
@@ -215,12 +217,13 @@ def _problems(raw: dict, env: str = "prod") -> list[str]:
 
 def test_rules_between_fields_are_reported_with_the_field_errors():
     raw = _with(PROD, "network.nat_gateways", 0)                  # a rule across sections (stage 4)
-    raw = _with(raw, "servers.min_servers", 5)                    # a rule inside [servers] ...
+    raw = _with(raw, "servers.min_servers", 7)                    # two rules inside [servers] ...
     raw = _with(raw, "servers.root_volume_gib", 2)                # ... whose section has a field error too
     raw = _with(raw, "operations.removal_policy", "keep")         # a field error elsewhere
     raw = _with(raw, "load_balancer.health_check_path", "/up")    # a moved field
     problems = _problems(raw)
-    expected = ["network.nat_gateways: got 0 with stage 4", "servers: got min_servers (5)",
+    expected = ["network.nat_gateways: got 0 with stage 4", "servers: got min_servers (7) <= max_servers (6)",
+                "servers.desired_servers: got 2, but the group starts at min_servers (7)",
                 "servers.root_volume_gib: got 2", "operations.removal_policy: got 'keep'",
                 "load_balancer.health_check_path: got '/up', but this field moved to app.health_path"]
     for text in expected:

@@ -154,13 +154,13 @@ def test_an_app_change_rolls_the_group_and_leaves_stateful_resources_alone(synth
     (lt_before,) = resources(before, "AWS::EC2::LaunchTemplate").values()
     (lt_after,) = resources(after, "AWS::EC2::LaunchTemplate").values()
     # A new launch template version (the init fingerprint is in the user data) is what
-    # triggers the group's rolling update.
+    # triggers the group's instance refresh.
     assert lt_before["Properties"]["LaunchTemplateData"]["UserData"] != \
         lt_after["Properties"]["LaunchTemplateData"]["UserData"]
     (group_before,) = resources(before, "AWS::AutoScaling::AutoScalingGroup").values()
     (group_after,) = resources(after, "AWS::AutoScaling::AutoScalingGroup").values()
     assert group_before["UpdatePolicy"] == group_after["UpdatePolicy"]
-    assert group_after["UpdatePolicy"]["AutoScalingRollingUpdate"]["WaitOnResourceSignals"] is True
+    assert group_after["UpdatePolicy"]["AutoScalingInstanceRefresh"]["Strategy"] == "Rolling"
     changed = {lid for lid in before["Resources"] if before["Resources"][lid] != after["Resources"].get(lid)}
     assert changed <= {lid for lid, r in before["Resources"].items()
                        if r["Type"] in ("AWS::EC2::LaunchTemplate", "AWS::AutoScaling::AutoScalingGroup",

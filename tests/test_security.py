@@ -6,11 +6,17 @@ import json
 import re
 
 import pytest
+from aws_cdk import App, Stack
+from aws_cdk import aws_ec2 as ec2
 from aws_cdk.assertions import Match
 from cfn import ingress_rules, logical_id, path_of, resources
 from stack_support import SHIPPED, VARIANTS
 
+from app_tier import render
+from cdk_constructs.props import LoadBalancerProps, ServerProps
+from cdk_constructs.stages.load_balanced import LoadBalanced
 from envconfig import Stage
+from tools.rollout import rollout_settings
 
 ALL = SHIPPED + VARIANTS
 PUBLIC_CIDRS = {"0.0.0.0/0", "::/0"}
@@ -151,19 +157,61 @@ def test_servers_signal_cfn_init_completion_with_a_realistic_timeout(synthesized
 
 
 @pytest.mark.parametrize("env", ["staging", "prod", "https"])
-def test_group_rolls_in_batches_keeping_capacity_and_waiting_on_signals(synthesized_templates, cdk_app, env):
-    config = _config(cdk_app, env)
-    (group,) = resources(synthesized_templates[env], "AWS::AutoScaling::AutoScalingGroup").values()
-    rolling = group["UpdatePolicy"]["AutoScalingRollingUpdate"]
-    assert rolling["WaitOnResourceSignals"] is True
-    assert rolling["MaxBatchSize"] == 1
-    assert rolling["MinInstancesInService"] == min(config.servers.desired_servers, config.servers.max_servers - 1)
-    props = group["Properties"]
-    assert props["HealthCheckType"] == "ELB"
-    assert props["HealthCheckGracePeriod"] == 300
-    assert (props["MinSize"], props["DesiredCapacity"], props["MaxSize"]) == (
-        str(config.servers.min_servers), str(config.servers.desired_servers), str(config.servers.max_servers))
-    assert len(props["VPCZoneIdentifier"]) == len(config.network.availability_zones)
+def test_group_rolls_out_by_instance_refresh_as_the_props_say(synthesized_templates, cdk_app, env):
+    """Read back through tools.rollout (what a deploy rehearsal reuses), so template and rehearsal cannot drift."""
+    config, balancer = _config(cdk_app, env), LoadBalancerProps()
+    template = synthesized_templates[env]
+    settings = rollout_settings(template)
+    assert settings.strategy == "Rolling"
+    # launch before terminate, never below the desired capacity
+    assert (settings.min_healthy_percent, settings.max_healthy_percent) == (
+        balancer.rollout_min_healthy_percent, balancer.rollout_max_healthy_percent)
+    assert settings.min_healthy_percent == 100 < settings.max_healthy_percent
+    assert settings.min_in_service(config.servers.min_servers) == config.servers.min_servers
+    assert (settings.warmup_seconds, settings.bake_seconds) == (
+        balancer.rollout_warmup_seconds, balancer.rollout_bake_seconds)
+    assert settings.drain_seconds == balancer.deregistration_delay_seconds
+    assert settings.health_check_path == config.app.health_path
+    # no size in the template: a deploy never resets a fleet that scaling grew
+    assert not settings.desired_in_template
+    assert (settings.min_servers, settings.max_servers) == (config.servers.min_servers, config.servers.max_servers)
+    (group,) = resources(template, "AWS::AutoScaling::AutoScalingGroup").values()
+    assert "AutoScalingRollingUpdate" not in group["UpdatePolicy"]
+    assert group["Properties"]["HealthCheckType"] == "ELB"
+    assert group["Properties"]["HealthCheckGracePeriod"] == 300
+    assert len(group["Properties"]["VPCZoneIdentifier"]) == len(config.network.availability_zones)
+    # the group's creation still waits for min_servers servers to signal success
+    assert group["CreationPolicy"]["ResourceSignal"]["Count"] == config.servers.min_servers
+
+    five_xx = settings.alarm("HTTPCode_Target_5XX_Count")
+    assert five_xx.metrics == ("HTTPCode_Target_5XX_Count", "RequestCount")
+    assert "100 * FILL(errors, 0) / requests" in five_xx.expression
+    assert (five_xx.threshold, five_xx.statistic, five_xx.period_seconds) == (balancer.rollout_5xx_percent, "Sum", 60)
+    unhealthy = settings.alarm("UnHealthyHostCount")
+    assert (unhealthy.threshold, unhealthy.statistic, unhealthy.period_seconds) == (0, "Maximum", 60)
+    for alarm in (five_xx, unhealthy):
+        assert alarm.evaluation_periods == alarm.datapoints_to_alarm == balancer.rollout_alarm_minutes
+        assert alarm.treat_missing_data == "notBreaching"
+        # they trip inside the bake time: N bad minutes plus CloudWatch's couple of minutes' delay
+        assert (alarm.evaluation_periods + 2) * alarm.period_seconds <= settings.bake_seconds
+        # the same alarms reach whoever reads the notification topic
+        props = template["Resources"][alarm.logical_id]["Properties"]
+        assert props["AlarmActions"] == props["OKActions"] and len(props["AlarmActions"]) == 1
+
+
+def test_rollout_alarm_rules_fire_on_consecutive_bad_minutes_only(synthesized_templates):
+    five_xx = rollout_settings(synthesized_templates["prod"]).alarm("HTTPCode_Target_5XX_Count")
+    assert five_xx.fires([0.0, 6.0, 50.0])
+    assert not five_xx.fires([50.0, 0.0, 6.0])        # one bad minute is a blip
+    assert not five_xx.fires([None, None])            # no requests is no evidence
+    assert not five_xx.fires([5.0, 5.0])              # at the threshold is not over it
+
+
+def test_a_desired_size_other_than_the_floor_is_refused_at_synth():
+    with pytest.raises(ValueError, match=r"ServerProps.desired_servers: got 3, .*min_servers \(2\)"):
+        stack = Stack(App(), "DesiredSize")
+        LoadBalanced(stack, "Service", vpc=ec2.Vpc(stack, "Vpc"), app=render.AppSpec(),
+                     servers=ServerProps(min_servers=2, desired_servers=3, max_servers=4))
 
 
 @pytest.mark.parametrize("env", ["staging", "prod", "https"])

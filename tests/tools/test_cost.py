@@ -56,11 +56,11 @@ def test_prod_pays_for_two_nat_gateways_and_a_multi_az_database(estimates):
     assert _line(prod, "Public IPv4").quantity == 4 * hours
 
 
-def test_app_servers_are_counted_at_the_desired_capacity(estimates):
+def test_app_servers_are_counted_at_the_group_floor_they_start_at(estimates):
     for name in ("staging", "prod"):
         servers = SHIPPED[name].servers
-        line = _line(estimates[name], f"EC2 {servers.instance_type} × {servers.desired_servers} (app servers)")
-        assert line.quantity == servers.desired_servers * estimates[name].prices.hours
+        line = _line(estimates[name], f"EC2 {servers.instance_type} × {servers.min_servers} (app servers)")
+        assert line.quantity == servers.min_servers * estimates[name].prices.hours
         assert f"up to {servers.max_servers}" in line.note
 
 

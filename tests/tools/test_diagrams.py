@@ -42,7 +42,7 @@ def test_load_balanced_environments_show_the_alb_and_the_group_bounds(drawn):
         source, _ = drawn[name]
         servers = SHIPPED[name].servers
         assert "Application Load Balancer" in source
-        assert f"min {servers.min_servers} / desired {servers.desired_servers} / max {servers.max_servers}" in source
+        assert f"min {servers.min_servers} / desired {servers.min_servers} / max {servers.max_servers}" in source
         assert source.count("NAT gateway") == SHIPPED[name].network.nat_gateways
     assert "Application Load Balancer" not in drawn["dev"][0]
 
@@ -50,9 +50,9 @@ def test_load_balanced_environments_show_the_alb_and_the_group_bounds(drawn):
 def test_prod_shows_nginx_and_its_app_copies_on_every_server(drawn):
     source, _ = drawn["prod"]
     servers, processes = SHIPPED["prod"].servers, SHIPPED["prod"].app.processes_per_server
-    assert source.count('label="nginx :80"') == servers.desired_servers
+    assert source.count('label="nginx :80"') == servers.min_servers
     for n in range(processes):
-        assert source.count(f'label="app copy :{8001 + n}"') == servers.desired_servers
+        assert source.count(f'label="app copy :{8001 + n}"') == servers.min_servers
     assert f'label="app copy :{8001 + processes}"' not in source
 
 
@@ -60,7 +60,7 @@ def test_security_group_rules_become_labelled_arrows(drawn):
     source, _ = drawn["prod"]
     port = SHIPPED["prod"].database.port
     # One arrow per app server to the database on its port; the standby is not a target.
-    assert source.count(f'label="tcp/{port}"') == SHIPPED["prod"].servers.desired_servers
+    assert source.count(f'label="tcp/{port}"') == SHIPPED["prod"].servers.min_servers
     assert "RDS standby" in source
     dev, _ = drawn["dev"]
     assert "PostgreSQL (localhost)" in dev and "Elastic IP" in dev

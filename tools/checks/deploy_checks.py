@@ -418,17 +418,20 @@ class StackVerifier:
             AutoScalingGroupNames=[resource.physical_id])["AutoScalingGroups"][0]
         self.group = group
         servers = self.cfg.servers
-        sizes = (group["MinSize"], group["DesiredCapacity"], group["MaxSize"])
-        wanted = (servers.min_servers, servers.desired_servers, servers.max_servers)
-        self.add("Auto Scaling group min/desired/max", sizes == wanted, f"{sizes} (configured {wanted})")
+        # Only min and max are configured: the group starts at min_servers and scaling moves its
+        # desired capacity between them, which no deploy resets.
+        sizes, wanted = (group["MinSize"], group["MaxSize"]), (servers.min_servers, servers.max_servers)
+        desired = group["DesiredCapacity"]
+        self.add("Auto Scaling group min/max, desired between them", sizes == wanted and sizes[0] <= desired <= sizes[1],
+                 f"min/max {sizes} (configured {wanted}), desired {desired}")
         subnet_ids = [s for s in group.get("VPCZoneIdentifier", "").split(",") if s]
         zones = sorted({s["AvailabilityZone"] for s in self.ec2.describe_subnets(SubnetIds=subnet_ids)["Subnets"]}) \
             if subnet_ids else []
         self.add("Auto Scaling group spans the configured AZs",
                  zones == sorted(self.cfg.network.availability_zones), " ".join(zones) or "no subnets")
         in_service = [i["InstanceId"] for i in group["Instances"] if i["LifecycleState"] in ("InService", "Pending")]
-        self.add("Auto Scaling group instance count", len(in_service) == servers.desired_servers,
-                 f"{len(in_service)} in service (desired {servers.desired_servers})")
+        self.add("Auto Scaling group instance count", len(in_service) == desired,
+                 f"{len(in_service)} in service (desired {desired}, as scaling left it)")
         # The launch template the group really launches from, as the API reports it.
         spec = group.get("LaunchTemplate") or (group.get("MixedInstancesPolicy") or {}).get(
             "LaunchTemplate", {}).get("LaunchTemplateSpecification") or {}

@@ -132,8 +132,9 @@ def servers_in(template: Template, config: EnvironmentConfig) -> list[Servers]:
                              monitoring))
     for group in template.of_type("AWS::AutoScaling::AutoScalingGroup"):
         data = template.launch_data(group)
-        # The template states min and max; desired may be left to the group, so the config fills it in.
-        desired = int(group.get("DesiredCapacity") or config.servers.desired_servers)
+        # The template states min and max only: the group runs at MinSize until load scales it out,
+        # so that is the baseline cost (and MaxSize the ceiling).
+        desired = int(group.get("DesiredCapacity") or group.get("MinSize"))
         found.append(Servers(_role(group), data["InstanceType"], desired, int(group.get("MaxSize", desired)),
                              _volumes(data.get("BlockDeviceMappings", []), config.servers.root_volume_gib),
                              bool(data.get("Monitoring", {}).get("Enabled"))))

@@ -163,7 +163,8 @@ class _Drawing:
         for group in self.t.of_type("AWS::AutoScaling::AutoScalingGroup"):
             data = self.t.launch_data(group)
             zones = [self.subnets[i] for i in refs(group.get("VPCZoneIdentifier"))]
-            desired = int(group.get("DesiredCapacity") or self.config.servers.desired_servers)
+            # No desired capacity in the template: the group starts at MinSize and scaling moves it.
+            desired = int(group.get("DesiredCapacity") or group.get("MinSize"))
             group_info = {"min": group.get("MinSize"), "desired": desired, "max": group.get("MaxSize"),
                           "instance_type": data.get("InstanceType", "?")}
             # The group balances its servers over its zones; draw the desired count that way.
