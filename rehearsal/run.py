@@ -472,16 +472,23 @@ def check_app_contract(env: Environment, c: ct.Container, server: tpl.Server, re
         return
     # Which copy answered, and the command its unit's main process runs.
     answered_cmdline, _, unit = process_info(c, str(body["pid"]))
-    main_pid = c.run(f"systemctl show -p MainPID --value {unit}").stdout.strip()
-    if not unit.startswith("app") or main_pid in ("", "0"):
+    if not unit.startswith("app"):
         result.fail("app", f"GET / was answered by pid {body['pid']} of {unit!r}, not by an app unit")
         return
-    cmdline, environ, _ = process_info(c, main_pid)
     bind = f"127.0.0.1:{unit.removeprefix('app@').removesuffix('.service')}" if unit.startswith("app@") \
         else f"0.0.0.0:{server.service_port}"
     expected = shlex.split(render.app_start_command(render.ServerLayout(app=env.app), bind))
     program = Path(expected[0]).name
-    # A script's command line starts with its interpreter (the venv's python): compare the rest.
+    # The crash step has just restarted a copy: a main process still starting shows no command line
+    # of its own yet (the kernel prints "(gunicorn)"), so look again for a few seconds.
+    deadline = time.monotonic() + 15
+    while True:
+        main_pid = c.run(f"systemctl show -p MainPID --value {unit}").stdout.strip()
+        cmdline, environ, _ = process_info(c, main_pid) if main_pid not in ("", "0") else ([], {}, "")
+        # A script's command line starts with its interpreter (the venv's python): compare the rest.
+        if cmdline[-len(expected):] == expected or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
     if cmdline[-len(expected):] != expected or expected[0] not in answered_cmdline:
         result.fail("app", f"{unit} runs {shlex.join(cmdline)}; config's start command is {shlex.join(expected)}")
         return
