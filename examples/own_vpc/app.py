@@ -24,7 +24,7 @@ vpc = ec2.Vpc(stack, "Vpc", max_azs=2, nat_gateways=1, flow_logs={"All": ec2.Flo
                   ec2.SubnetConfiguration(name="Data", subnet_type=ec2.SubnetType.PRIVATE_ISOLATED)])
 shop = MultiProcess(stack, "Shop", vpc=vpc, processes_per_server=3,
                     app=AppSpec(health_path="/health", environment={"SHOP_CURRENCY": "KRW"}),
-                    servers=ServerProps(instance_type="t3.small", min_servers=2, desired_servers=2, max_servers=6),
+                    servers=ServerProps(instance_type="t3.small", min_servers=2, max_servers=6),
                     database=DatabaseProps(kind="rds", instance_type="t3.small", port=5433, multi_az=True))
 Validations.of(app).add_plugins(AwsSolutionsChecks(app))
 app.synth()
