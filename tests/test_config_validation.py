@@ -60,7 +60,8 @@ BAD_VALUES = [
     (PROD, "network.nat_gateways", 0, "network.nat_gateways", "1 or more"),
     (PROD, "servers.max_servers", 1, "servers", "min_servers (2) <= max_servers (1)"),
     (PROD, "servers.desired_servers", 3, "servers.desired_servers", "equal to min_servers (raise min_servers"),
-    (PROD, "servers.min_servers", 3, "servers.desired_servers", "starts at min_servers (3)"),
+    (_with(PROD, "servers.desired_servers", 2), "servers.min_servers", 3, "servers.desired_servers",
+     "starts at min_servers (3)"),
     (PROD, "app.processes_per_server", 0, "app.processes_per_server", "1 to 64"),
     (PROD, "servers.instance_type", "x9.large", "servers.instance_type", "unknown instance family 'x9'"),
     (PROD, "servers.instance_type", "t3.huge", "servers.instance_type", "unknown size 'huge'"),
@@ -159,9 +160,9 @@ _PYDANTIC_NOISE = ("pydantic", "Input should", "type=", "input_value", "validati
                          ids=[f"{p}={v!r}"[:60] for _, p, v, _, _ in BAD_VALUES])
 def test_bad_value_names_environment_field_and_what_is_allowed(base, path, value, field, allowed):
     with pytest.raises(ConfigError) as err:
-        parse_environment("prod" if base is PROD else "dev", _with(base, path, value))
+        parse_environment("dev" if base is DEV else "prod", _with(base, path, value))
     message = str(err.value)
-    env = "prod" if base is PROD else "dev"
+    env = "dev" if base is DEV else "prod"
     assert any(line.startswith(f"environment {env!r}: {field}") and allowed in line for line in err.value.problems), \
         message
     # one line per problem, in the project's own words: no pydantic wording, codes or links
@@ -217,6 +218,7 @@ def _problems(raw: dict, env: str = "prod") -> list[str]:
 
 def test_rules_between_fields_are_reported_with_the_field_errors():
     raw = _with(PROD, "network.nat_gateways", 0)                  # a rule across sections (stage 4)
+    raw = _with(raw, "servers.desired_servers", 2)
     raw = _with(raw, "servers.min_servers", 7)                    # two rules inside [servers] ...
     raw = _with(raw, "servers.root_volume_gib", 2)                # ... whose section has a field error too
     raw = _with(raw, "operations.removal_policy", "keep")         # a field error elsewhere
