@@ -243,8 +243,6 @@ def test_status_shows_each_version_on_the_server_and_the_stack(rolled):
 
 @pytest.mark.emulator
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="moto has no update for AWS::EC2::Instance, so an update never changes the "
-                   "server's tags (on AWS they update in place); tools/local_aws/patched_moto.py could apply them")
 def test_status_shows_v2_on_the_server_after_the_update(rolled):
     assert _server_versions(rolled["status_v2"]) == [rolled["status_v2"]["version"]]
 

@@ -202,6 +202,29 @@ def _signal_resource_is_recorded() -> None:
     CloudFormationResponse.signal_resource = signal_resource
 
 
+def _instance_tags_update_in_place() -> None:
+    """AWS::EC2::Instance: CloudFormation updates an instance's tags without interruption (the
+    single server's `app-version` tag changes with every app deploy). moto 5.2.5 has no update for
+    instances, so a stack update left the old tags on the server. Apply the template's tags to the
+    running instance and keep the instance, as EC2 does."""
+    from moto.ec2.models import ec2_backends
+    from moto.ec2.models.instances import Instance
+
+    def update_from_cloudformation_json(cls, original_resource: Any, new_resource_name: str,
+                                        cloudformation_json: Any, account_id: str, region_name: str):
+        backend = ec2_backends[account_id][region_name]
+        wanted = {t["Key"]: t["Value"] for t in (cloudformation_json.get("Properties") or {}).get("Tags") or []}
+        current = dict(backend.tags.get(original_resource.id, {}))
+        stale = {key: value for key, value in current.items() if key not in wanted and not key.startswith("aws:")}
+        if stale:
+            backend.delete_tags([original_resource.id], stale)
+        if wanted:
+            backend.create_tags([original_resource.id], wanted)
+        return original_resource
+
+    Instance.update_from_cloudformation_json = classmethod(update_from_cloudformation_json)
+
+
 def main(argv: list[str] | None = None) -> None:
     _kms_key_accepts_cloudformation_tags()
     _references_to_skipped_resources_resolve()
@@ -209,6 +232,7 @@ def main(argv: list[str] | None = None) -> None:
     _image_id_resolves_ssm_parameters_at_launch()
     _describe_stack_resource_returns_metadata()
     _signal_resource_is_recorded()
+    _instance_tags_update_in_place()
     from moto.server import main as moto_main
 
     moto_main(argv if argv is not None else sys.argv[1:])
