@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 from aws_cdk.assertions import Template
 from stack_support import build_app, variant_configs
 
-from envconfig import load_environments
+from app_tier import render
+from envconfig import load_environment, load_environments
+from rehearsal.synth import changed_app
 
 
 @pytest.fixture(scope="session")
@@ -39,3 +42,15 @@ def template_files(cdk_app) -> dict[str, Path]:
     _, stacks, assembly = cdk_app
     return {name: Path(assembly.directory) / assembly.get_stack_by_name(stack.stack_name).template_file
             for name, stack in stacks.items()}
+
+
+@pytest.fixture(scope="session")
+def changed_app_templates(tmp_path_factory) -> dict[str, dict]:
+    """dev and prod synthesized again after a one-line change to one file of the app, once per session."""
+    source = changed_app(render.APP_SOURCE_DIR, tmp_path_factory.mktemp("app"), release="v2")
+    # A fork's app lives where [app] source says; here, the changed copy.
+    configs = [dataclasses.replace(config, app=dataclasses.replace(config.app, source=str(source)))
+               for config in (load_environment("dev"), load_environment("prod"))]
+    app, stacks = build_app(configs, outdir=str(tmp_path_factory.mktemp("cdk.out.changed")))
+    assembly = app.synth()
+    return {name: assembly.get_stack_by_name(stack.stack_name).template for name, stack in stacks.items()}

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 
 import pytest
 from cfn import name_of, path_of, resources
@@ -125,22 +124,6 @@ def test_ec2_held_data_is_backed_up_daily_with_the_configured_retention(synthesi
 
 
 # --- rolling out an app change ------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def changed_app_templates(tmp_path_factory):
-    """dev and prod synthesized again after a one-line change to one file of the app."""
-    source = tmp_path_factory.mktemp("app") / "sample_app"
-    shutil.copytree(render.APP_SOURCE_DIR, source, ignore=shutil.ignore_patterns("__pycache__"))
-    app_file = source / "app.py"
-    app_file.write_text(app_file.read_text() + "\n# a one-line change to the app\n")
-    # A fork's app lives where [app] source says; here, the changed copy.
-    configs = [dataclasses.replace(config, app=dataclasses.replace(config.app, source=str(source)))
-               for config in (load_environment("dev"), load_environment("prod"))]
-    app, stacks = build_app(configs)
-    assembly = app.synth()
-    return {name: assembly.get_stack_by_name(stack.stack_name).template for name, stack in stacks.items()}
-
 
 
 def _stateful(template: dict) -> dict:

@@ -9,7 +9,6 @@ import io
 import json
 import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -21,19 +20,12 @@ from stack_support import CDK_CONTEXT, build_app
 from app_tier import render
 from envconfig import load_environment
 from rehearsal.run import changed_resources
+from rehearsal.synth import changed_app
 from stacks import add_environments
 from stacks.web_service import APP_VERSION_TAG, COMMIT_CONTEXT
 from tools import deploys
 from tools.local_aws import cli as local_aws
 from tools.local_aws import emulator as emu
-
-
-def _changed_source(directory: Path) -> Path:
-    source = directory / "sample_app"
-    shutil.copytree(render.APP_SOURCE_DIR, source, ignore=shutil.ignore_patterns("__pycache__"))
-    app_file = source / "app.py"
-    app_file.write_text(app_file.read_text() + "\n# version 2 of the app\n")
-    return source
 
 
 def _with_source(config, source: Path):
@@ -53,17 +45,6 @@ def _synth(configs, outdir: Path, *, target: str = "aws", commit: str | None = N
 # --- the version in the template ----------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def dev_versions(tmp_path_factory):
-    """dev synthesized as shipped, and with a one-line app change."""
-    base = tmp_path_factory.mktemp("versions")
-    dev = load_environment("dev")
-    shipped, stacks = _synth([dev], base / "v1")
-    changed, _ = _synth([_with_source(dev, _changed_source(base))], base / "v2")
-    name = stacks["dev"].stack_name
-    return {"v1": shipped.get_stack_by_name(name), "v2": changed.get_stack_by_name(name), "dir": base}
-
-
 def _app_asset_hashes(stack) -> set[str]:
     """The assets the app servers' Init sources fetch, as the assets manifest names them."""
     manifest = json.loads(Path(stack.assembly.directory, f"{stack.stack_name}.assets.json").read_text())
@@ -72,8 +53,9 @@ def _app_asset_hashes(stack) -> set[str]:
     return {h for h in re.findall(r"/([0-9a-f]{64})\.zip", servers) if h in manifest["files"]}
 
 
-def test_the_version_is_the_app_asset_hash_as_output_and_server_tag(dev_versions):
-    stack = dev_versions["v1"]
+def test_the_version_is_the_app_asset_hash_as_output_and_server_tag(cdk_app):
+    _, stacks, assembly = cdk_app   # the session's synthesis: dev as shipped
+    stack = assembly.get_stack_by_name(stacks["dev"].stack_name)
     version = stack.template["Outputs"]["AppVersion"]["Value"]
     (asset,) = _app_asset_hashes(stack)
     assert version == asset[:12]
@@ -83,8 +65,9 @@ def test_the_version_is_the_app_asset_hash_as_output_and_server_tag(dev_versions
     assert APP_VERSION_TAG not in json.dumps(resources(stack.template, "AWS::EC2::LaunchTemplate"))
 
 
-def test_an_app_change_changes_the_version_and_only_the_servers_metadata_and_tag(dev_versions):
-    before, after = dev_versions["v1"].template, dev_versions["v2"].template
+def test_an_app_change_changes_the_version_and_only_the_servers_metadata_and_tag(synthesized_templates,
+                                                                                 changed_app_templates):
+    before, after = synthesized_templates["dev"], changed_app_templates["dev"]
     assert before["Outputs"]["AppVersion"] != after["Outputs"]["AppVersion"]
     (server_id,) = resources(before, "AWS::EC2::Instance")
     assert changed_resources(before, after, ignore_metadata_of=server_id) == []
@@ -103,10 +86,8 @@ def test_the_commit_joins_the_version_and_a_bad_one_is_refused(tmp_path):
         _synth([dev], tmp_path / "bad", commit="main; rm")
 
 
-def test_a_group_tags_the_instances_it_launches_not_the_launch_template(tmp_path):
-    staging = load_environment("staging")
-    assembly, stacks = _synth([staging], tmp_path)
-    template = assembly.get_stack_by_name(stacks["staging"].stack_name).template
+def test_a_group_tags_the_instances_it_launches_not_the_launch_template(synthesized_templates):
+    template = synthesized_templates["staging"]
     (group,) = resources(template, "AWS::AutoScaling::AutoScalingGroup").values()
     version = template["Outputs"]["AppVersion"]["Value"]
     assert {"Key": APP_VERSION_TAG, "Value": version, "PropagateAtLaunch": True} in group["Properties"]["Tags"]
@@ -202,7 +183,8 @@ def rolled(tmp_path_factory):
         seen["status_v1"] = deploys.status(config, **kw)
 
         v2_dir = tmp_path_factory.mktemp("v2")
-        assembly, _ = _synth([_with_source(config, _changed_source(v2_dir))], v2_dir / "cdk.out", target="emulator")
+        v2 = _with_source(config, changed_app(render.APP_SOURCE_DIR, v2_dir, release="v2"))
+        assembly, _ = _synth([v2], v2_dir / "cdk.out", target="emulator")
         _deploy("deploy", "dev", None, state_dir, app=Path(assembly.directory))
         seen["status_v2"] = deploys.status(config, **kw)
 
