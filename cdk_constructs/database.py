@@ -36,9 +36,9 @@ DATA_MOUNT = "/var/lib/pgsql"
 class Database(Construct):
     """PostgreSQL reachable only from what the caller allows (`connections.allow_default_port_from`).
 
-    Exposes `connections`, `secret`, `endpoint` (an `app_tier.render.DatabaseEndpoint` for the
-    app servers), and `instance` (the RDS instance) or `server` + `data_volume` (EC2), as
-    `props` (a `DatabaseProps`) describe. The EC2 server goes in the first subnet `subnets` selects.
+    Exposes `kind`, `removal_policy`, `connections`, `secret`, `endpoint` (an
+    `app_tier.render.DatabaseEndpoint` for the app servers), and `instance` (the RDS instance) or
+    `server` + `data_volume` (EC2), as `props` (a `DatabaseProps`) describe. The EC2 server goes in the first subnet `subnets` selects.
     """
 
     def __init__(self, scope: Construct, construct_id: str, *, props: DatabaseProps, vpc: ec2.IVpc,
@@ -46,6 +46,7 @@ class Database(Construct):
                  key_pair: ec2.IKeyPair | None = None, server_logs: ServerLogs | None = None) -> None:
         super().__init__(scope, construct_id)
         self.kind = props.kind
+        self.removal_policy = props.removal_policy
         self.port = props.port
         if props.kind not in ("ec2", "rds"):
             raise ValueError(f"database kind must be 'ec2' or 'rds', got {props.kind!r}")

@@ -7,7 +7,7 @@ stateful resource. What differs between them is the server layout each stage pas
 
 from __future__ import annotations
 
-from aws_cdk import Duration, RemovalPolicy, Stack
+from aws_cdk import Duration, Stack
 from aws_cdk import aws_backup as backup
 from aws_cdk import aws_certificatemanager as acm
 from aws_cdk import aws_cloudwatch as cloudwatch
@@ -51,8 +51,7 @@ class LoadBalancedFleet:
                                             display_name=f"{scope.node.path} scaling notifications")
         server_image, data_server_image = parts.images(servers)
         self.logs = parts.logs_for(scope, logs, servers=servers, nginx=layout.proxy,
-                                   postgresql=getattr(database, "kind", "") == "ec2",
-                                   removal_policy=getattr(database, "removal_policy", RemovalPolicy.RETAIN))
+                                   postgresql=database.kind == "ec2", removal_policy=database.removal_policy)
         self.database = parts.database_for(scope, database, vpc=vpc, subnets=subnets, servers=servers,
                                            image=data_server_image, logs=self.logs)
         certificate = balancer.certificate

@@ -36,8 +36,7 @@ class SeparateDatabase(Construct):
         self.layout = parts.server_layout(app, stage=self.STAGE)
         self.load_balancer = None
         self.logs = parts.logs_for(self, logs, servers=servers, nginx=False,
-                                   postgresql=getattr(database, "kind", "") == "ec2",
-                                   removal_policy=getattr(database, "removal_policy", None))
+                                   postgresql=database.kind == "ec2", removal_policy=database.removal_policy)
 
         self.database = parts.database_for(self, database, vpc=vpc, subnets=subnets, servers=servers,
                                            image=data_server_image, logs=self.logs)
