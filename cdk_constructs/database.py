@@ -17,7 +17,7 @@ from constructs import Construct
 
 from app_tier import render
 from cdk_constructs import bootstrap
-from cdk_constructs.nag import acknowledge, arn_prefix
+from cdk_constructs.nag import acknowledge, partition_and_region
 from cdk_constructs.naming import stack_id_suffix
 from cdk_constructs.network import RETENTION_DAYS
 from cdk_constructs.observability import ServerLogs
@@ -155,7 +155,8 @@ class Database(Construct):
         # The server attaches its own data volume at boot: an AWS::EC2::VolumeAttachment would
         # wait for the instance's creation signal, which in turn waits for the volume.
         self.data_volume.grant_attach_volume_by_resource_tag(self.role, [self.server])
-        instance_arns = f"{arn_prefix(self, 'ec2')}:<AWS::AccountId>:instance/*"
+        partition, nag_region = partition_and_region(self)
+        instance_arns = f"arn:{partition}:ec2:{nag_region}:<AWS::AccountId>:instance/*"
         acknowledge(self.role.node.find_child("DefaultPolicy"),
                     f"AwsSolutions-IAM5[Resource::{instance_arns}]",
                     "ec2:AttachVolume is limited by a condition to instances carrying this volume's unique "

@@ -9,13 +9,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import jsii
-from aws_cdk import AspectPriority, Aspects, Duration, IAspect, Stack, Token
+from aws_cdk import AspectPriority, Aspects, Duration, IAspect
 from aws_cdk import aws_autoscaling as autoscaling
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_iam as iam
 from constructs import Construct, IConstruct
 
-from cdk_constructs.nag import acknowledge
+from cdk_constructs.nag import acknowledge, partition_and_region
 
 # cfn-init on a fresh Amazon Linux 2023 installs packages and the app's Python dependencies;
 # CloudFormation's default 5-minute signal timeout is regularly too short for that.
@@ -154,10 +154,8 @@ def allow_ssh_from_admins(connections: ec2.Connections, *, admin_cidrs: Sequence
 
 
 def _asset_bucket_objects(scope: Construct) -> str:
-    region = Stack.of(scope).region
-    if Token.is_unresolved(region):
-        return "arn:<AWS::Partition>:s3:::cdk-hnb659fds-assets-<AWS::AccountId>-<AWS::Region>/*"
-    return f"arn:aws:s3:::cdk-hnb659fds-assets-<AWS::AccountId>-{region}/*"
+    partition, region = partition_and_region(scope)
+    return f"arn:{partition}:s3:::cdk-hnb659fds-assets-<AWS::AccountId>-{region}/*"
 
 
 def acknowledge_bootstrap_grants(role: iam.IRole) -> None:

@@ -18,6 +18,7 @@ from aws_cdk import App
 
 from envconfig import EnvironmentConfig, Stage, load_environments
 from envconfig.loader import CONFIG_DIR, parse_environment
+from rehearsal import synth as rehearsal_synth
 from stacks import add_environments, cli_context
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -51,7 +52,7 @@ def from_files(name: str, base: str, *changes: dict) -> EnvironmentConfig:
 
 
 # The ASGI sample's [app] table, as the boot rehearsal's stage-2 server runs it.
-ASGI_APP = tomllib.loads((ROOT / "rehearsal" / "asgi-app.toml").read_text())
+ASGI_APP = tomllib.loads(rehearsal_synth.ASGI_APP.read_text())
 ZONE_ID = "Z0123456789ABCDEFGHIJ"
 
 

@@ -114,6 +114,9 @@ def test_the_secrets_file_quotes_what_systemd_would_otherwise_expand(tmp_path):
     namespace: dict = {}
     exec(script.split("\nlines = []")[0], namespace)  # the definitions, not the fetching
     assert namespace["quoted"]('a"b$c`d\\e') == '"a\\"b\\$c\\`d\\\\e"'
+    # The same quoting as the plain variables' file: one rule for both of systemd's environment files.
+    for value in ('a"b$c`d\\e', "plain", "${HOME} `x`"):
+        assert namespace["quoted"](value) == render.environment_file_value(value)
 
 
 @pytest.mark.parametrize("value", ['plain', 'two words', 'a"b', "$HOME and ${X}", "C:\\path\\", "`id`", "'single'"])
