@@ -9,12 +9,13 @@ export PYTHONDONTWRITEBYTECODE := 1
 CDK := npx --no-install cdk
 ENV_CTX := $(if $(ENV),-c env=$(ENV),)
 
-.PHONY: help setup synth test pytest rehearse lint linted-assembly diff deploy status rollback clean snapshot-update deploy-local local-down cost diagrams bench
+.PHONY: help setup synth test pytest rehearse rehearse-deploy lint linted-assembly diff deploy status rollback clean snapshot-update deploy-local local-down cost diagrams bench
 
 help:
 	@echo "make deploy-local [ENV=name]  deploy every environment (or one) to a local AWS emulator and verify it"
 	@echo "make test                     set up and run every test (boot rehearsal, nag, cfn-lint, snapshots, lab, emulator deploy)"
 	@echo "make rehearse [ENV=name]      boot every kind of server from the synthesized templates under real systemd"
+	@echo "make rehearse-deploy [ONLY=fleet|good|single]  roll out new app versions under load on real servers (zero failed requests)"
 	@echo "make synth [ENV=name]         synthesize CloudFormation (no credentials needed)"
 	@echo "make diff ENV=name            cdk diff against your AWS account"
 	@echo "make deploy ENV=name          cdk deploy to your AWS account (keeps the assembly: .local/deploys/)"
@@ -44,6 +45,7 @@ lint: setup
 # The rehearsal first (it needs root: containers), then every other test; pytest's summary closes the run.
 test: setup
 	$(PY) -m rehearsal
+	$(PY) -m rehearsal.deploy
 	$(VENV)/bin/python -m pytest
 
 # pytest alone (no containers, no root): for a quick loop, or a CI runner that rehearses with sudo.
@@ -52,6 +54,10 @@ pytest: setup
 
 rehearse: setup
 	$(PY) -m rehearsal $(if $(ENV),--env $(ENV),)
+
+# Rollouts under load on real servers behind HAProxy: good version, bad version rolled back, single servers.
+rehearse-deploy: setup
+	$(PY) -m rehearsal.deploy $(if $(ONLY),--only $(ONLY),)
 
 # app.py skips CDK's built-in template validation (bench/synth.py: it was most of a synth's time);
 # cfn-lint is the check instead, so what is diffed or deployed is the assembly cfn-lint passed.

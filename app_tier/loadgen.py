@@ -20,6 +20,7 @@ class Response:
     latency_sec: float
     body: bytes = b""
     error: str | None = None
+    at: float = 0.0  # time.monotonic() when it completed: places it in a rollout's timeline
 
     @property
     def ok(self) -> bool:
@@ -48,11 +49,12 @@ class Load:
         assert not load.failures()
     """
 
-    def __init__(self, url: str, *, connections: int = 4, timeout_sec: float = 10) -> None:
+    def __init__(self, url: str, *, connections: int = 4, timeout_sec: float = 10, pace_sec: float = 0.0) -> None:
+        """`pace_sec`: each connection waits this long between requests (steady load, not saturation)."""
         parts = urlsplit(url)
         self._host, self._port = parts.hostname, parts.port or 80
         self._target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        self._connections, self._timeout = connections, timeout_sec
+        self._connections, self._timeout, self._pace = connections, timeout_sec, pace_sec
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
@@ -68,16 +70,18 @@ class Load:
             try:
                 conn.request("GET", self._target)
                 reply = conn.getresponse()
-                result = Response(reply.status, time.perf_counter() - begin, reply.read())
+                result = Response(reply.status, time.perf_counter() - begin, reply.read(), at=time.monotonic())
                 if reply.will_close:
                     conn.close()
                     conn = None
             except (OSError, http.client.HTTPException) as error:
-                result = Response(None, time.perf_counter() - begin, error=repr(error))
+                result = Response(None, time.perf_counter() - begin, error=repr(error), at=time.monotonic())
                 conn.close()
                 conn = None
             with self._lock:
                 self.responses.append(result)
+            if self._pace:
+                self._stop.wait(self._pace)
         if conn is not None:
             conn.close()
 

@@ -789,6 +789,18 @@ def rehearsal_root() -> Path:
     return REPO / out.stdout.strip().splitlines()[-1]
 
 
+def machine_lock(who: str):
+    """One rehearsal at a time on a machine (boot or deploy): they share the bridge, its addresses
+    and the names. Held while the returned file stays open."""
+    lock = open("/run/staged-web-rehearsal.lock", "w")  # noqa: SIM115 - the caller holds it
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        say(f"{who}: another rehearsal is running on this machine; waiting for it")
+        fcntl.flock(lock, fcntl.LOCK_EX)
+    return lock
+
+
 def main(env_names: list[str] | None) -> int:
     if os.geteuid() != 0:
         say("rehearsal: needs root (systemd-nspawn, network namespaces, loop devices)")
@@ -806,13 +818,7 @@ def main(env_names: list[str] | None) -> int:
         say(f"rehearsal: {error}")
         return 2
     STATE.mkdir(parents=True, exist_ok=True)
-    # One rehearsal at a time on a machine: they share the bridge, its addresses and the names.
-    lock = open("/run/staged-web-rehearsal.lock", "w")  # noqa: SIM115 - held for the whole run
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        say("rehearsal: another rehearsal is running on this machine; waiting for it")
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    lock = machine_lock("rehearsal")  # noqa: F841 - held for the whole run
     left = ct.clean_leftovers(STATE / "run")
     if left:
         say(f"rehearsal: removed what an interrupted run left: {', '.join(left)}")

@@ -82,12 +82,16 @@ def synthesize(configs: list[EnvironmentConfig], outdir: Path) -> Path:
 HEALTHY = 'return 200, {"status": "ok", "pid": os.getpid()}'
 BROKEN = 'return 500, {"status": "broken on purpose by the rehearsal", "pid": os.getpid()}'
 LAST_FIELD = '"visits": visits}'
+OK_STATUS, FAILING_STATUS = "return 200,", "return 500,"  # `/` answers (status, payload) in every sample app
 
 
-def changed_app(source: Path, workdir: Path, *, release: str | None = None, broken: bool = False) -> Path:
+def changed_app(source: Path, workdir: Path, *, release: str | None = None, broken: bool = False,
+                failing: bool = False) -> Path:
     """A copy of the app at `source` with one file changed: a new release marker in `/`, or a
-    health check that always fails (an app that boots but never becomes healthy)."""
-    target = workdir / f"{source.name}-{'broken' if broken else release}"
+    health check that always fails (an app that boots but never becomes healthy), or (`failing`)
+    a release marker with `/` answering 500 while the health check passes (an app that boots,
+    looks healthy to the load balancer, and fails its users)."""
+    target = workdir / f"{source.name}-{'broken' if broken else release}{'-failing' if failing else ''}"
     if target.exists():
         shutil.rmtree(target)
     shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
@@ -97,5 +101,9 @@ def changed_app(source: Path, workdir: Path, *, release: str | None = None, brok
     if marker not in text:
         raise RuntimeError(f"rehearsal: {app.relative_to(workdir)} no longer contains {marker!r}; "
                            "update rehearsal/synth.py")
+    if failing:  # the status of the answer that carries the last field: 200 -> 500
+        end = text.index(marker)
+        status = text.rindex(OK_STATUS, 0, end)
+        text = text[:status] + FAILING_STATUS + text[status + len(OK_STATUS):]
     app.write_text(text.replace(marker, replacement))
     return target

@@ -24,6 +24,8 @@ command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
 command -v nft >/dev/null 2>&1 || need_apt+=(nftables)
 command -v losetup >/dev/null 2>&1 || need_apt+=(mount)
 command -v pgrep >/dev/null 2>&1 || need_apt+=(procps)
+# The deploy rehearsal: HAProxy stands in for the ALB.
+command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || need_apt+=(haproxy)
 
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
