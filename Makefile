@@ -24,6 +24,7 @@ help:
 	@echo "                              (status/rollback go to the local emulator when AWS_ENDPOINT_URL is set)"
 	@echo "make lab [ENV=name] [PROCESSES=N STAGE=4 PORT=8080]  run one server's app tier (an environment's [app]) locally"
 	@echo "make bench                    load, synth and deploy benchmarks"
+	@echo "make bench-rollout [RUNS=n]   the good-version rollout of a 3-server fleet: failed requests, capacity, p99, time"
 	@echo "make bench-synth [RUNS=n]     cdk synth of every environment against an empty CDK app"
 	@echo "make cost [ENV=name]          monthly cost estimate per environment"
 	@echo "make diagrams                 architecture diagrams from the synthesized templates"
@@ -94,7 +95,7 @@ clean:
 STAGE ?=
 PROCESSES ?=
 PORT ?= 8080
-.PHONY: lab bench-load bench-synth
+.PHONY: lab bench-load bench-synth bench-rollout
 
 # PROCESSES empty: one copy per core (the lab's default).
 lab: setup
@@ -106,6 +107,10 @@ bench-load: setup
 # `cdk synth` of every environment against an empty CDK app, both through the pinned CLI (RUNS each, default 5).
 bench-synth: setup
 	$(PY) -m bench.synth $(if $(RUNS),--runs $(RUNS),)
+
+# The good-version rollout of a 3-server fleet (the deploy rehearsal's, needs root).
+bench-rollout: setup
+	$(PY) -m bench.rollout $(if $(RUNS),--runs $(RUNS),)
 
 # --- local AWS emulator ---
 # `cdk deploy` for real, to moto's server on loopback; see tools/local_aws/.
@@ -127,5 +132,5 @@ diagrams: setup
 	$(PY) -m tools.reports.diagrams $(if $(ENV),--env $(ENV),)
 
 # --- benchmarks ---
-bench: bench-load bench-synth
+bench: bench-load bench-synth bench-rollout
 	$(PY) -m bench.deploy_local
