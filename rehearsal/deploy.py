@@ -269,6 +269,9 @@ def rehearse_fleet(emulator: run.Emulator, root: Path, workdir: Path, scenarios:
     if not only_good:
         versions["v3"] = synthesize_version("v3", FLEET_ENVIRONMENT, raw, synth.changed_app(
             source, workdir, release="v3", failing=True), workdir)
+        if config.app.release_command:
+            versions["v4"] = synthesize_version("v4", FLEET_ENVIRONMENT, raw, synth.changed_app(
+                source, workdir, release="v4", failing_release=True), workdir)
     v1 = versions["v1"]
     settings: RolloutSettings = rollout_settings(v1.template)
     timing = Timing.of(settings)
@@ -329,6 +332,11 @@ def rehearse_fleet(emulator: run.Emulator, root: Path, workdir: Path, scenarios:
         bad = Scenario("bad v3 rolls back")
         scenarios.append(bad)
         judge_bad(bad, fleet, balancer, alarms, settings, timing)
+        if "v4" in versions and not bad.failures:
+            failing = Scenario("failing release v4")
+            scenarios.append(failing)
+            judge_failing_release(failing, fleet, balancer, alarms, settings, timing, db, config.database.name,
+                                  versions["v4"].app_version)
         return figures
     finally:
         if balancer:
@@ -433,6 +441,39 @@ def judge_bad(scenario: Scenario, fleet: RehearsalFleet, balancer: Balancer, ala
     served = fleet.versions_served()
     if served != {"v2": FLEET_SIZE}:
         scenario.fail(f"the fleet runs {served} after the rollback")
+
+
+def judge_failing_release(scenario: Scenario, fleet: RehearsalFleet, balancer: Balancer, alarms: AlarmEvaluator,
+                          settings: RolloutSettings, timing: Timing, db: ct.Container, database: str,
+                          app_version: str) -> None:
+    """v4's release command fails: its first server's cfn-init fails before the app starts, the refresh
+    fails, and v2 keeps serving, untouched."""
+    with Load(balancer.url, connections=LOAD_CONNECTIONS, pace_sec=LOAD_PACE_SEC) as load:
+        alarms.reset()
+        balancer.watch()
+        report = refresh(fleet, "v4", settings, timing, alarms)
+        balancer.unwatch()
+    failed = [r for r in load.responses if not r.ok]
+    scenario.facts.append(f"{len(load.responses)} requests, {len(failed)} failed")
+    scenario.facts.append(f"fewest in service {balancer.min_in_service} of {FLEET_SIZE}")
+    if report.completed:
+        scenario.fail("the refresh to v4 completed although its release command fails")
+        return
+    scenario.facts.append(f"refresh failed after {report.seconds:.0f} s: {report.why.splitlines()[0]}")
+    if "signal FAILURE" not in report.why:
+        scenario.fail(f"the refresh failed, but not on the release: {report.why}")
+    if failed:
+        scenario.fail(f"{len(failed)} requests failed, first: {failed[0].status or failed[0].error}")
+    if (balancer.min_in_service or 0) < FLEET_SIZE:
+        scenario.fail(f"only {balancer.min_in_service} servers in service at one point")
+    served = fleet.versions_served()
+    if served != {"v2": FLEET_SIZE}:
+        scenario.fail(f"the fleet runs {served}; v2 should have kept serving")
+    runs = release_runs(db, database) or {}
+    if runs.get(app_version):
+        scenario.fail(f"a failed release was recorded as run for v4: {runs}")
+    else:
+        scenario.facts.append("v2 kept serving, v4's release not recorded")
 
 
 # --- single servers (stages 1-2) -------------------------------------------------------------------

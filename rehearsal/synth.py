@@ -83,15 +83,19 @@ HEALTHY = 'return 200, {"status": "ok", "pid": os.getpid()}'
 BROKEN = 'return 500, {"status": "broken on purpose by the rehearsal", "pid": os.getpid()}'
 LAST_FIELD = '"visits": visits}'
 OK_STATUS, FAILING_STATUS = "return 200,", "return 500,"  # `/` answers (status, payload) in every sample app
+RELEASE_MAIN = "def main() -> int:\n"  # the sample apps' release command, migrate.py
+RELEASE_FAILS = '    raise SystemExit("migration failed on purpose by the rehearsal")\n'
 
 
 def changed_app(source: Path, workdir: Path, *, release: str | None = None, broken: bool = False,
-                failing: bool = False) -> Path:
+                failing: bool = False, failing_release: bool = False) -> Path:
     """A copy of the app at `source` with one file changed: a new release marker in `/`, or a
     health check that always fails (an app that boots but never becomes healthy), or (`failing`)
     a release marker with `/` answering 500 while the health check passes (an app that boots,
-    looks healthy to the load balancer, and fails its users)."""
-    target = workdir / f"{source.name}-{'broken' if broken else release}{'-failing' if failing else ''}"
+    looks healthy to the load balancer, and fails its users), or (`failing_release`) a release marker
+    with a release command (the sample apps' migrate.py) that fails before it changes anything."""
+    suffix = ("-failing" if failing else "") + ("-failing-release" if failing_release else "")
+    target = workdir / f"{source.name}-{'broken' if broken else release}{suffix}"
     if target.exists():
         shutil.rmtree(target)
     shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
@@ -106,4 +110,10 @@ def changed_app(source: Path, workdir: Path, *, release: str | None = None, brok
         status = text.rindex(OK_STATUS, 0, end)
         text = text[:status] + FAILING_STATUS + text[status + len(OK_STATUS):]
     app.write_text(text.replace(marker, replacement))
+    if failing_release:
+        migrate = target / "migrate.py"
+        script = migrate.read_text() if migrate.exists() else ""
+        if RELEASE_MAIN not in script:
+            raise RuntimeError(f"rehearsal: {migrate} has no {RELEASE_MAIN!r}; update rehearsal/synth.py")
+        migrate.write_text(script.replace(RELEASE_MAIN, RELEASE_MAIN + RELEASE_FAILS, 1))
     return target
