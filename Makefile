@@ -9,7 +9,7 @@ export PYTHONDONTWRITEBYTECODE := 1
 CDK := npx --no-install cdk
 ENV_CTX := $(if $(ENV),-c env=$(ENV),)
 
-.PHONY: help setup synth test pytest rehearse rehearse-deploy lint linted-assembly diff deploy status rollback clean snapshot-update deploy-local local-down cost diagrams bench
+.PHONY: help setup synth test pytest rehearse rehearse-deploy lint linted-assembly diff plan deploy status rollback clean snapshot-update deploy-local local-down cost diagrams bench
 
 help:
 	@echo "make deploy-local [ENV=name]  deploy every environment (or one) to a local AWS emulator and verify it"
@@ -18,10 +18,12 @@ help:
 	@echo "make rehearse-deploy [ONLY=fleet|good|single]  roll out new app versions under load on real servers (zero failed requests)"
 	@echo "make synth [ENV=name]         synthesize CloudFormation (no credentials needed)"
 	@echo "make diff ENV=name            cdk diff against your AWS account"
+	@echo "make plan ENV=name            before a deploy: what is created/replaced/deleted, what happens to the data,"
+	@echo "                              downtime, cost before and after (JSON=1; ACCEPT_DATA_LOSS=1 exits 0 anyway)"
 	@echo "make deploy ENV=name          cdk deploy to your AWS account (keeps the assembly: .local/deploys/)"
 	@echo "make status ENV=name          stack status, AppVersion, the version each server runs, recorded deploys"
 	@echo "make rollback ENV=name [TO=n] deploy the previous recorded assembly again (nothing rebuilt)"
-	@echo "                              (status/rollback go to the local emulator when AWS_ENDPOINT_URL is set)"
+	@echo "                              (plan/status/rollback go to the local emulator when AWS_ENDPOINT_URL is set)"
 	@echo "make lab [ENV=name] [PROCESSES=N STAGE=4 PORT=8080]  run one server's app tier (an environment's [app]) locally"
 	@echo "make bench                    load, synth and deploy benchmarks"
 	@echo "make bench-rollout [RUNS=n]   the good-version rollout of a 3-server fleet: failed requests, capacity, p99, time"
@@ -79,6 +81,11 @@ diff: linted-assembly
 deploy: linted-assembly
 	$(CDK) deploy --app $(ASSEMBLY) --all --require-approval broadening
 	$(PY) -m tools.deploys record --env $(ENV) --assembly $(ASSEMBLY)
+
+# Synthesizes in-process (offline) and compares with the deployed stack's template; exits 3 when data would be lost.
+plan: setup
+	@test -n "$(ENV)" || { echo "usage: make plan ENV=name [JSON=1] [ACCEPT_DATA_LOSS=1]"; exit 2; }
+	@$(PY) -m tools.plan --env $(ENV) $(if $(JSON),--json,) $(if $(ACCEPT_DATA_LOSS),--accept-data-loss,)
 
 status: setup
 	@test -n "$(ENV)" || { echo "usage: make status ENV=name"; exit 2; }

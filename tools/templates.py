@@ -80,9 +80,10 @@ def load_template(config: EnvironmentConfig, cdk_out: Path = CDK_OUT) -> dict:
     return json.loads(template_file(config, cdk_out).read_text(encoding="utf-8"))
 
 
-def synthesize_in_process(config: EnvironmentConfig) -> dict:
+def synthesize_in_process(config: EnvironmentConfig, *, target: str = "aws", context: dict | None = None) -> dict:
     """Synthesize one config the CLI cannot be given (not a config/*.toml) with the CDK in-process,
-    as app.py does under the CLI."""
+    as app.py does under the CLI (`target`: "emulator" as `-c target=emulator`; `context`: more `-c`
+    values, such as the app commit)."""
     # jsii starts Node when aws_cdk is imported: the project's Node 22, so no end-of-life banner.
     os.environ["PATH"] = f"{ROOT / 'node_modules' / '.bin'}{os.pathsep}{os.environ.get('PATH', '')}"
     from aws_cdk import App
@@ -90,8 +91,9 @@ def synthesize_in_process(config: EnvironmentConfig) -> dict:
     from stacks import add_environments, cli_context
 
     with tempfile.TemporaryDirectory() as outdir, _quiet(Path(outdir) / "synth.log"):
-        app = App(context=cli_context(), outdir=outdir)
-        stack = add_environments(app, [config])[config.name]
+        # Without CDK's built-in validation, as app.py (cfn-lint is the template check).
+        app = App(context={**cli_context(), **(context or {})}, outdir=outdir, builtin_cloud_formation_validation=False)
+        stack = add_environments(app, [config], target=target)[config.name]
         return app.synth().get_stack_by_name(stack.stack_name).template
 
 

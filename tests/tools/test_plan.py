@@ -1,0 +1,229 @@
+"""`make plan`: what a deploy would create, replace and delete, what happens to the data, the downtime and
+the cost, read from two templates (the deployed one and the synthesized one)."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import io
+import json
+
+import pytest
+from stack_support import build_app, from_files, variant_configs
+
+from envconfig import load_environment
+from tools import plan as planner
+from tools.local_aws import cli as local_aws
+from tools.local_aws import emulator as emu
+
+
+@pytest.fixture(scope="module")
+def grown(tmp_path_factory) -> dict[str, dict]:
+    """What no session synthesis holds, in one synth: dev at stage 2 and staging at stage 4 (their own
+    files with `stage` changed, named as the environments, as a user would grow them), and the stage2rds
+    variant with an EC2 database (the step before its move to RDS)."""
+    rds = {c.name: c for c in variant_configs()}["stage2rds"]
+    on_ec2 = dataclasses.replace(rds, database=dataclasses.replace(rds.database, kind="ec2", multi_az=False),
+                                 network=dataclasses.replace(rds.network, interface_endpoints=True))
+    configs = [from_files("dev", "dev", {"stage": 2, "network": {"interface_endpoints": True}}),
+               from_files("staging", "staging", {"stage": 4}), on_ec2]
+    app, stacks = build_app(configs, outdir=str(tmp_path_factory.mktemp("cdk.out.grown")))
+    assembly = app.synth()
+    return {name: assembly.get_stack_by_name(stack.stack_name).template for name, stack in stacks.items()}
+
+
+def _plan(before, after, env="dev"):
+    return planner.make_plan(load_environment(env), before, after)
+
+
+def _change(plan, name):
+    hits = [c for c in plan.changes if c.name == name]
+    assert len(hits) == 1, [(c.name, c.action) for c in plan.changes]
+    return hits[0]
+
+
+def _data_lines(plan) -> list[str]:
+    return [line for line in planner.render_text(plan).splitlines() if line.startswith("DATA:")]
+
+
+# --- the steps up ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def one_to_two(synthesized_templates, grown):
+    return _plan(synthesized_templates["dev"], grown["dev"])
+
+
+def test_stage_1_to_2_flags_the_data_on_the_old_server_and_the_empty_new_database(one_to_two):
+    plan = one_to_two
+    assert plan.data_loss
+    server = _change(plan, "Service/AppServer/Instance")
+    # The provider schema: ImageId and LaunchTemplate are create-only on AWS::EC2::Instance.
+    assert server.action == planner.REPLACE
+    assert any(r.startswith("ImageId cannot be updated in place") for r in server.reasons)
+    lost = {f.name: f for f in plan.data if f.loss}
+    assert "root volume" in lost["Service/AppServer/Instance"].what
+    assert lost["Service/Database/Data"].fate == "created" and "EMPTY" in lost["Service/Database/Data"].detail
+    lines = _data_lines(plan)
+    assert any("Service/AppServer/Instance" in line and planner.NO_MIGRATION in line for line in lines), lines
+    assert any(line.startswith("DATA: Service/Database/Data") and "created EMPTY" in line for line in lines), lines
+    assert _change(plan, "Service/Database/Server").action == planner.CREATE
+    # The Elastic IP follows the new server in place: the address is kept.
+    assert _change(plan, "Service/AppServer/ElasticIp").action == planner.UPDATE
+
+
+def test_stage_1_to_2_names_downtime_and_cost_before_and_after(one_to_two):
+    plan = one_to_two
+    whats = [d.what for d in plan.downtime]
+    assert "Service/AppServer/Instance: replaced" in whats and "the database" in whats
+    assert plan.cost_before and plan.cost_after and plan.cost_after > plan.cost_before
+    text = planner.render_text(plan)
+    assert f"before {plan.cost_before:,.2f}, after {plan.cost_after:,.2f}" in text
+
+
+def test_ec2_to_rds_flags_the_database_servers_volume(grown, synthesized_templates):
+    plan = _plan(grown["stage2rds"], synthesized_templates["stage2rds"], env="prod")
+    assert plan.data_loss
+    volume = next(f for f in plan.data if f.name == "Service/Database/Data")
+    # stage2rds keeps snapshots (removal_policy "snapshot"): the volume is deleted after a final snapshot.
+    assert volume.loss and volume.fate == "deleted" and "final snapshot" in volume.detail
+    rds = next(f for f in plan.data if f.name == "Service/Database/Instance")
+    assert rds.loss and "created EMPTY" in rds.detail and "Service/Database/Data" in rds.detail
+    server = next(f for f in plan.data if f.name == "Service/Database/Server")
+    assert server.fate == "deleted" and not server.loss
+    assert _change(plan, "Service/AppServer/Instance").action == planner.UPDATE   # its Init: the new host
+    assert plan.cost_after < plan.cost_before   # no interface endpoints, no database server
+
+
+def test_stage_3_to_4_rolls_the_fleet_and_touches_no_data(synthesized_templates, grown):
+    plan = _plan(synthesized_templates["staging"], grown["staging"], env="staging")
+    assert not plan.data_loss and not _data_lines(plan)
+    assert plan.count(planner.REPLACE) == plan.count(planner.DELETE) == 0
+    assert [(d.what, d.estimate) for d in plan.downtime if "AppServers" in d.what] == \
+        [("Service/AppServers/Group/ASG: rolled", "none")]
+    assert {f.fate for f in plan.data} <= {"kept", "created"}
+
+
+@pytest.mark.parametrize("env", ["dev", "prod"])
+def test_an_app_only_change_replaces_nothing_and_has_no_data_line(synthesized_templates, changed_app_templates,
+                                                                    env):
+    plan = _plan(synthesized_templates[env], changed_app_templates[env], env=env)
+    assert plan.changes and plan.count(planner.REPLACE) == plan.count(planner.DELETE) == 0
+    assert not plan.data_loss and not _data_lines(plan)
+    assert plan.cost_before == pytest.approx(plan.cost_after)
+    if env == "dev":
+        (server,) = [c for c in plan.changes if c.type == "AWS::EC2::Instance"]
+        assert server.action == planner.UPDATE and server.init_changed
+        assert [d.estimate for d in plan.downtime] == ["a few seconds, within about a minute of the deploy"]
+    else:
+        assert [d.estimate for d in plan.downtime] == ["none"]
+
+
+def test_no_deployed_stack_creates_everything_and_flags_nothing(synthesized_templates):
+    plan = _plan(None, synthesized_templates["dev"])
+    assert {c.action for c in plan.changes} == {planner.CREATE}
+    assert plan.count(planner.CREATE) == len(synthesized_templates["dev"]["Resources"])
+    assert not plan.data_loss and plan.cost_before is None and plan.cost_after > 0
+    assert "no deployed stack, so everything is created" in planner.render_text(plan)
+
+
+def test_the_same_template_is_no_change(synthesized_templates):
+    plan = _plan(synthesized_templates["prod"], synthesized_templates["prod"], env="prod")
+    assert plan.changes == [] and plan.downtime == [] and not plan.data_loss
+    assert "Resources: no change" in planner.render_text(plan)
+
+
+# --- the rules, on small edits of a real template ----------------------------------------------
+
+
+def _server_id(template) -> str:
+    (lid,) = [k for k, r in template["Resources"].items() if r["Type"] == "AWS::EC2::Instance"]
+    return lid
+
+
+def test_the_replacement_rule_comes_from_the_provider_schemas():
+    pointers = planner.create_only_properties("AWS::EC2::Instance", "ap-northeast-2")
+    assert "/properties/ImageId" in pointers and "/properties/SubnetId" in pointers
+    assert "/properties/UserData" not in pointers
+    assert planner.create_only_properties("AWS::RDS::DBInstance", "ap-northeast-2")
+    assert planner.create_only_properties("AWS::Nothing::Here", "ap-northeast-2") is None
+
+
+def test_user_data_restarts_the_server_and_a_subnet_replaces_it(synthesized_templates):
+    before = synthesized_templates["dev"]
+    lid = _server_id(before)
+    user_data = copy.deepcopy(before)
+    user_data["Resources"][lid]["Properties"]["UserData"] = {"Fn::Base64": "#!/bin/bash\necho changed\n"}
+    plan = _plan(before, user_data)
+    assert [(c.logical_id, c.action) for c in plan.changes] == [(lid, planner.RESTART)]
+    assert plan.downtime[0].estimate == "about 1-3 min"
+    # The stage-1 server holds the database: a restart keeps the data.
+    assert not plan.data_loss and any(f.fate == "restarted" for f in plan.data)
+
+    subnet = copy.deepcopy(before)
+    subnet["Resources"][lid]["Properties"]["NetworkInterfaces"][0]["SubnetId"] = {"Ref": "Other"}
+    plan = _plan(before, subnet)
+    assert _change(plan, "Service/AppServer/Instance").action == planner.REPLACE
+    assert plan.data_loss and _data_lines(plan)
+
+
+def test_a_replaced_resource_replaces_what_names_it_in_a_create_only_property(synthesized_templates):
+    before = synthesized_templates["dev"]
+    after = copy.deepcopy(before)
+    groups = [k for k, r in after["Resources"].items() if r["Type"] == "AWS::EC2::SecurityGroup"
+              and "AppServer" in k]
+    # GroupDescription is create-only on a security group: the group is replaced, and the server's
+    # NetworkInterfaces (create-only) name it, so the server is replaced too.
+    after["Resources"][groups[0]]["Properties"]["GroupDescription"] = "changed"
+    plan = _plan(before, after)
+    replaced = {c.logical_id for c in plan.changes if c.action == planner.REPLACE}
+    assert {groups[0], _server_id(before)} <= replaced
+    server = _change(plan, "Service/AppServer/Instance")
+    assert any("NetworkInterfaces" in r and "is replaced" in r for r in server.reasons), server.reasons
+
+
+def test_a_migration_when_one_exists_carries_the_data(synthesized_templates, grown):
+    plan = planner.make_plan(load_environment("dev"), synthesized_templates["dev"], grown["dev"],
+                             migration="make grow ENV=dev")
+    assert not plan.data_loss
+    new = next(f for f in plan.data if f.name == "Service/Database/Data")
+    assert "filled by make grow ENV=dev from Service/AppServer/Instance" in new.detail
+
+
+def test_json_and_exit_code(synthesized_templates, grown, monkeypatch, capsys):
+    monkeypatch.setattr(planner, "plan_environment", lambda config, state_dir: planner.make_plan(
+        config, synthesized_templates["dev"], grown["dev"]))
+    assert planner.main(["--env", "dev", "--json"]) == planner.EXIT_DATA_LOSS
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["data_loss"] and shown["counts"]["replaced"] >= 1 and shown["cost_after"] > shown["cost_before"]
+    assert planner.main(["--env", "dev", "--accept-data-loss"]) == 0
+    assert "DATA: Service/AppServer/Instance" in capsys.readouterr().out
+
+
+# --- against the emulator ------------------------------------------------------------------------
+
+
+@pytest.mark.emulator
+@pytest.mark.slow
+def test_plan_against_the_emulator_names_the_data_move(tmp_path, monkeypatch):
+    """dev deployed to the emulator as `make deploy-local` does; then the plan of dev as deployed (no
+    change) and of dev grown to stage 2, both against the emulator's stack."""
+    state_dir = tmp_path / "emulator"
+    printed = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(printed):
+            code = local_aws.run("deploy", "dev", emu.free_port(), state_dir, state_dir / "cdk.out")
+        assert code == 0, printed.getvalue()[-3000:]
+        monkeypatch.setenv("AWS_ENDPOINT_URL", emu.running(state_dir).endpoint_url)
+        same = planner.plan_environment(load_environment("dev"), state_dir=state_dir)
+        assert same.target == "emulator" and same.deployed == "CREATE_COMPLETE"
+        assert same.changes == [], [(c.name, c.action, c.reasons) for c in same.changes]
+        grown = from_files("dev", "dev", {"stage": 2, "network": {"interface_endpoints": True}})
+        plan = planner.plan_environment(grown, state_dir=state_dir)
+        assert plan.data_loss
+        lines = _data_lines(plan)
+        assert any(line.startswith("DATA: Service/AppServer/Instance") for line in lines), lines
+        assert any(line.startswith("DATA: Service/Database/Data") and "not moved" in line for line in lines), lines
+    finally:
+        emu.stop(state_dir)
