@@ -91,7 +91,7 @@ def test_app_units_append_only_to_a_directory_made_before_they_start(stage):
         for target in re.findall(r"^StandardOutput=append:(\S+)$", unit.content, re.M):
             assert str(Path(target).parent) in made, f"{path} appends to {target}, whose directory nothing makes"
     names = [name for name, _ in boot.commands]
-    assert names.index("21-app-log-dir") < names.index("24-app-start")
+    assert names.index("21-app-log-dir") < names.index("25-app-start")
 
 
 # --- issue 8, finding 4: cfn-hup's unit ----------------------------------------------------------

@@ -214,14 +214,14 @@ def test_the_boot_health_gate_passes_against_the_running_layout(lab):
     from app_tier import render
 
     name, command = render.app_server_commands(lab.layout)[-1]
-    assert name == "25-app-healthy" and command.rstrip().endswith("exit 1")
+    assert name == "26-app-healthy" and command.rstrip().endswith("exit 1")
     result = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=30)
     assert result.returncode == 0, result.stderr
 
 
 @pytest.mark.parametrize("argv, message", [
     (["--env", "no-such-env"], "--env no-such-env"),
-    (["--start-command", "run-my-app"], "{bind} or {port}"),
+    (["--start-command", "run-my-app"], "file descriptor 3"),
     (["--app-source", "/nonexistent"], "has no requirements.txt"),
 ])
 def test_lab_says_what_is_wrong_with_the_app_it_is_given(capsys, argv, message):
@@ -232,7 +232,7 @@ def test_lab_says_what_is_wrong_with_the_app_it_is_given(capsys, argv, message):
 
 def test_lab_names_an_app_server_missing_from_the_project_venv(lab_tools):
     from app_tier import render
-    app = render.AppSpec(start_command="{app_root}/venv/bin/no-such-server --port {port} app:app")
+    app = render.AppSpec(start_command="{app_root}/venv/bin/no-such-server --fd {fd} app:app")
     lab = Lab(stage=1, port=0, app=app)
     with pytest.raises(RuntimeError, match="no-such-server, which is not installed here.*requirements-dev.txt"):
         lab.__enter__()

@@ -61,16 +61,20 @@ def test_stages_1_to_3_run_one_process_and_stage_4_one_port_per_copy():
 
 def test_one_start_command_swaps_the_app():
     layout = ServerLayout(proxy=True, processes=2,
-                          app=AppSpec(start_command="/opt/webapp/venv/bin/myapp --listen {bind} --fmt 50%"))
+                          app=AppSpec(start_command="/opt/webapp/venv/bin/myapp --fd {fd} --name {bind} --fmt 50%"))
     unit = render.app_server_files(layout, DATABASE)[f"{render.UNIT_DIR}/app@.service"].content
-    assert "ExecStart=/opt/webapp/venv/bin/myapp --listen 127.0.0.1:%i --fmt 50%%\n" in unit
-    assert render.app_start_command(layout, "127.0.0.1:8002") == "/opt/webapp/venv/bin/myapp --listen 127.0.0.1:8002 --fmt 50%"
+    assert "ExecStart=/opt/webapp/venv/bin/myapp --fd 3 --name 127.0.0.1:%i --fmt 50%%\n" in unit
+    assert render.app_start_command(layout, "127.0.0.1:8002") == \
+        "/opt/webapp/venv/bin/myapp --fd 3 --name 127.0.0.1:8002 --fmt 50%"
 
 
 @pytest.mark.parametrize("bad", [
-    {"start_command": "myapp --port 8000"},                       # listens nowhere the layout says
-    {"start_command": "myapp --bind {bind} --log {logfile}"},     # an unknown placeholder
-    {"start_command": "myapp --bind {bind}\nrm -rf /"},           # two lines
+    {"start_command": "myapp --port 8000"},                       # serves no inherited socket
+    {"start_command": "uvicorn app:app --host {host} --port {port}"},  # binds the port systemd holds
+    {"start_command": "myapp --fd {fd} --log {logfile}"},         # an unknown placeholder
+    {"start_command": "myapp --fd {fd}\nrm -rf /"},               # two lines
+    {"release_command": "migrate --port {port}"},                 # a release has no port
+    {"release_command": "migrate\nrm -rf /"},                     # two lines
     {"health_path": "health"},
     {"environment": {"lower": "x"}},
     {"environment": {"DB_HOST": "elsewhere"}},                    # the platform's
@@ -99,7 +103,7 @@ def test_the_app_contract_reaches_the_server_and_secrets_stay_references():
     compile(script, "fetch-app-secrets", "exec")
     packages = render.app_server_packages(layout, database=LOCAL_DATABASE)
     assert packages.count("logrotate") == 1 and "libpq" in packages and "awscli-2" in packages
-    start = dict(render.app_server_commands(layout))["24-app-start"]
+    start = dict(render.app_server_commands(layout))["25-app-start"]
     assert start.index(render.FETCH_APP_SECRETS_UNIT) < start.index("restart app.service")
     # Without secrets, none of it.
     plain = render.app_server_files(ServerLayout(), LOCAL_DATABASE)
@@ -143,7 +147,9 @@ def test_stage_1_server_has_database_then_app_with_shared_secret_fetch_once():
     assert "127.0.0.1/32" in server.files[f"{render.PG_CONF_DIR}/pg_hba.conf"].content
     assert "listen_addresses = 'localhost'" in server.files[f"{render.PG_CONF_DIR}/postgresql.conf"].content
     unit = server.files[f"{render.UNIT_DIR}/app.service"].content
-    assert "AmbientCapabilities=CAP_NET_BIND_SERVICE" in unit
+    # systemd binds port 80 (app.socket); the app keeps no capability at all.
+    assert "AmbientCapabilities" not in unit and "CapabilityBoundingSet=\n" in unit
+    assert "Requires=app.socket\n" in unit
     assert f"LoadCredential=db-password:{render.PASSWORD_FILE}" in unit
     assert server.files[render.FETCH_PASSWORD_SCRIPT].mode == "000700"
 
