@@ -860,7 +860,8 @@ SELECT 'CREATE DATABASE {name} OWNER {user}' WHERE NOT EXISTS (SELECT FROM pg_da
 
 
 def database_server_packages(database: DatabaseEndpoint | None = None) -> list[str]:
-    packages = ["postgresql15-server"]
+    # postgresql15-server requires the client; named anyway, since the setup script runs its psql.
+    packages = ["postgresql15-server", "postgresql15"]
     if database is None or database.secret_arn:
         packages.append("awscli-2")
     return packages

@@ -516,8 +516,10 @@ class AppConfig(Section):
                             "or absolute")
     start_command: Annotated[str, AfterValidator(_start_command)] = _text(
         render.DEFAULT_START_COMMAND, "one command line serving the inherited socket: {fd} or gunicorn")
+    # The sample app's (its schema), as start_command defaults to the sample's: "" for an app with none.
     release_command: Annotated[str, AfterValidator(_release_command)] = _text(
-        "", "\"\" or one shell command line ({app_root}), run once per deploy before the new version serves")
+        render.DEFAULT_RELEASE_COMMAND,
+        "\"\" or one shell command line ({app_root}), run once per deploy before the new version serves")
     health_path: Annotated[str, _matching(_HEALTH_PATH)] = _text(
         DEFAULT_HEALTH_PATH, "a path starting with / (letters, digits and _-./), e.g. /health")
     packages: tuple[Annotated[StrictStr, _matching(_PACKAGE)], ...] = Field(

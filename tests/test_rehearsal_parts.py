@@ -249,7 +249,7 @@ def test_the_stage2_server_is_built_with_the_asgi_app_through_synth(tmp_path):
     assert [r.read_text() for r in found] == [(ROOT / "app_tier" / "sample_asgi" / "requirements.txt").read_text()]
     files = app.metadata["AWS::CloudFormation::Init"]["app"]["files"]
     unit = files[f"{render.UNIT_DIR}/app.service"]["content"]
-    assert "ExecStart=/opt/webapp/venv/bin/uvicorn --app-dir /opt/webapp/app app:app --host 0.0.0.0 --port 80" in unit
+    assert "ExecStart=/opt/webapp/venv/bin/uvicorn --app-dir /opt/webapp/app app:app --fd 3 " in unit
     script = json.dumps(files[render.FETCH_APP_SECRETS_SCRIPT]["content"])
     for ref in config.app.secrets.values():
         assert ref.name in script

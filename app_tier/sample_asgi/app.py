@@ -18,10 +18,11 @@ presence "/" reports, so a deploy can show that its secrets arrived without show
 Start command (config [app] start_command): uvicorn with one worker, so the process systemd or
 the lab supervises is the one that serves, on the listening socket it inherits (--fd {fd}: systemd
 socket activation), and keep-alive longer than the proxies' 60 s:
-  {app_root}/venv/bin/uvicorn --app-dir {app_root}/app app:app --fd {fd} --workers 1
-  --timeout-keep-alive 75 --timeout-graceful-shutdown 25 --no-server-header
+  {app_root}/venv/bin/uvicorn --app-dir {app_root}/app app:app --fd {fd}
+  --http graceful:LingeringH11Protocol --workers 1 --timeout-keep-alive 75
+  --timeout-graceful-shutdown 25 --no-server-header
 uvicorn stops gracefully on SIGTERM: it stops accepting, finishes in-flight requests (25 s at most),
-then exits. Release command: {app_root}/venv/bin/python {app_root}/app/migrate.py (the schema).
+then exits; graceful.py keeps it from dropping a request just sent on a kept-alive connection. Release command: {app_root}/venv/bin/python {app_root}/app/migrate.py (the schema).
 """
 
 from __future__ import annotations

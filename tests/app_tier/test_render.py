@@ -180,7 +180,7 @@ def test_rendered_units_pass_systemd_analyze_verify(stage, tmp_path, systemd_ana
     gunicorn.parent.mkdir(parents=True)
     gunicorn.write_text("#!/bin/sh\n")
     gunicorn.chmod(stat.S_IRWXU)
-    units = render.app_units(layout) + [render.FETCH_PASSWORD_UNIT] + \
+    units = render.app_units(layout) + render.app_sockets(layout) + [render.FETCH_PASSWORD_UNIT] + \
         ([render.FETCH_APP_SECRETS_UNIT] if app.secrets else [])
     result = subprocess.run([systemd_analyze, "verify", f"--root={tmp_path}", *units],
                             check=False, capture_output=True, text=True)
@@ -253,3 +253,72 @@ def test_sample_app_pins_are_the_ones_the_lab_runs():
 
     app_pins = pins(render.APP_SOURCE_DIR / "requirements.txt")
     assert app_pins and app_pins <= pins(Path(__file__).parents[2] / "requirements-dev.txt")
+
+
+# --- socket activation, graceful stops, the release command -------------------------------
+
+
+@pytest.mark.parametrize("proxy", [False, True], ids=["stage1-3", "stage4"])
+def test_every_copy_serves_a_socket_systemd_holds_across_its_restarts(proxy):
+    layout = ServerLayout(proxy=proxy, processes=2)
+    files = render.app_server_files(layout, DATABASE)
+    name = "app@" if proxy else "app"
+    socket_unit = files[f"{render.UNIT_DIR}/{name}.socket"].content
+    listen = "127.0.0.1:%i" if proxy else "0.0.0.0:80"
+    assert f"ListenStream={listen}\n" in socket_unit and f"Backlog={render.SOCKET_BACKLOG}\n" in socket_unit
+    service = files[f"{render.UNIT_DIR}/{name}.service"].content
+    socket_name = "app@%i.socket" if proxy else "app.socket"
+    assert f"Requires={socket_name}\n" in service and f"After={socket_name}\n" in service
+    assert f"TimeoutStopSec={render.TIMEOUT_STOP_SEC}\n" in service
+    assert render.TIMEOUT_STOP_SEC > render.GRACEFUL_STOP_SEC and render.GRACEFUL_STOP_SEC < 30  # the ALB's drain
+    start = dict(render.app_server_commands(layout))["25-app-start"]
+    sockets = " ".join(render.app_sockets(layout))
+    # Sockets are started (enable --now: a no-op once running), never restarted; only the copies are.
+    assert f"systemctl enable --now {sockets}" in start and "restart app" in start
+    assert not re.search(r"restart [^&]*\.socket", start)
+    assert start.index(f"enable --now {sockets}") < start.index("systemctl restart")
+
+
+def test_the_default_start_commands_stop_gracefully():
+    assert "--graceful-timeout 25" in render.DEFAULT_START_COMMAND
+    assert f"{render.GRACEFUL_STOP_SEC}" == "25"
+    from rehearsal.synth import stage2_config
+    from stacks.config_mapping import app_spec
+    uvicorn = app_spec(stage2_config()).start_command
+    assert "--fd {fd}" in uvicorn and "--timeout-graceful-shutdown 25" in uvicorn
+
+
+def test_stage_4_nginx_stops_gracefully():
+    files = render.app_server_files(ServerLayout(proxy=True, processes=2), DATABASE)
+    drop_in = files[render.NGINX_DROP_IN].content
+    assert "KillSignal=SIGQUIT\n" in drop_in and f"TimeoutStopSec={render.TIMEOUT_STOP_SEC}\n" in drop_in
+    assert f"worker_shutdown_timeout {render.GRACEFUL_STOP_SEC}s;" in files[render.NGINX_CONF].content
+    assert render.NGINX_DROP_IN not in render.app_server_files(ServerLayout(), DATABASE)
+
+
+def test_the_release_command_runs_before_the_new_version_starts():
+    app = AppSpec(release_command="{app_root}/venv/bin/python -m myapp.migrate --to head",
+                  secrets={"API_TOKEN": AppSecret(store="ssm", name="/t")})
+    layout = ServerLayout(app=app)
+    server = render.app_server_bootstrap(layout, DATABASE, app_version="0123456789ab")
+    names = [name for name, _ in server.commands]
+    assert names.index("24-app-release") == names.index("25-app-start") - 1
+    assert dict(server.commands)["24-app-release"] == render.RELEASE_SCRIPT
+    assert "postgresql15" in server.packages
+    assert server.files[render.APP_VERSION_FILE].content == "0123456789ab\n"
+    assert server.files[render.RELEASE_SCRIPT].mode == "000700"
+    command = server.files[render.RELEASE_COMMAND_FILE].content
+    assert command.rstrip().endswith("/opt/webapp/venv/bin/python -m myapp.migrate --to head")
+    script = server.files[render.RELEASE_SCRIPT].content
+    # As the app's units run it: its user, directory, environment, password credential and secrets.
+    for part in ("-p User=webapp", "-p WorkingDirectory=/opt/webapp/app", f"-p EnvironmentFile={render.ENV_FILE}",
+                 f"-p LoadCredential=db-password:{render.PASSWORD_FILE}",
+                 f"-p EnvironmentFile={render.APP_SECRETS_FILE}", '-E APP_VERSION="$version"'):
+        assert part in script
+    assert "pg_advisory_lock" in script and "webapp_release" in script
+    for text in (script, command):
+        assert subprocess.run(["bash", "-n"], input=text, text=True, check=False).returncode == 0
+    # Without a release command, none of it.
+    plain = render.app_server_bootstrap(ServerLayout(app=AppSpec(release_command="")), DATABASE)
+    assert "24-app-release" not in dict(plain.commands) and render.RELEASE_SCRIPT not in plain.files
+    assert "postgresql15" not in plain.packages
