@@ -361,7 +361,7 @@ def app_server_files(layout: ServerLayout, database: DatabaseEndpoint, *,
     return files
 
 
-def app_server_commands(layout: ServerLayout) -> list[tuple[str, str]]:
+def app_server_commands(layout: ServerLayout, database: DatabaseEndpoint | None = None) -> list[tuple[str, str]]:
     root, user = layout.app_root, layout.run_user
     units, sockets = " ".join(app_units(layout)), " ".join(app_sockets(layout))
     # The sockets first, and never restarted: they hold the listening sockets, so restarting the copies
@@ -373,7 +373,12 @@ def app_server_commands(layout: ServerLayout) -> list[tuple[str, str]]:
         start = start.replace("systemctl restart", f"systemctl restart {FETCH_APP_SECRETS_UNIT} && systemctl restart", 1)
     if layout.proxy:
         start += " && systemctl enable nginx.service && systemctl reload-or-restart nginx.service"
-    release = [("24-app-release", RELEASE_SCRIPT)] if layout.app.release_command else []
+    # The release runs with what the app gets: the password and the app's secrets, read first (at the
+    # first boot nothing has started their units yet; on an update the secrets may have changed).
+    fetch = [f"systemctl start {FETCH_PASSWORD_UNIT}"] if database is not None and database.secret_arn else []
+    fetch += [f"systemctl restart {FETCH_APP_SECRETS_UNIT}"] if layout.app.secrets else []
+    release = [("24-app-release", " && ".join(["systemctl daemon-reload", *fetch, RELEASE_SCRIPT]))] \
+        if layout.app.release_command else []
     return [
         ("20-app-user", (f"id -u {user} >/dev/null 2>&1 || useradd --system --user-group"
                          f" --home-dir {root} --no-create-home --shell /sbin/nologin {user}")),
@@ -396,7 +401,8 @@ def app_server_commands(layout: ServerLayout) -> list[tuple[str, str]]:
 def app_server_bootstrap(layout: ServerLayout, database: DatabaseEndpoint, *,
                          app_version: str | None = None) -> ServerBootstrap:
     return ServerBootstrap(app_server_packages(layout, database=database),
-                           app_server_files(layout, database, app_version=app_version), app_server_commands(layout))
+                           app_server_files(layout, database, app_version=app_version),
+                           app_server_commands(layout, database))
 
 
 _TOKEN = re.compile(r"(\$\{Token\[[^\]]+\]\})")  # a CDK token in a string, resolved at deploy time

@@ -303,7 +303,10 @@ def test_the_release_command_runs_before_the_new_version_starts():
     server = render.app_server_bootstrap(layout, DATABASE, app_version="0123456789ab")
     names = [name for name, _ in server.commands]
     assert names.index("24-app-release") == names.index("25-app-start") - 1
-    assert dict(server.commands)["24-app-release"] == render.RELEASE_SCRIPT
+    # The password and the app's secrets are read before it: at first boot nothing else has started them.
+    assert dict(server.commands)["24-app-release"] == (
+        f"systemctl daemon-reload && systemctl start {render.FETCH_PASSWORD_UNIT} && "
+        f"systemctl restart {render.FETCH_APP_SECRETS_UNIT} && {render.RELEASE_SCRIPT}")
     assert "postgresql15" in server.packages
     assert server.files[render.APP_VERSION_FILE].content == "0123456789ab\n"
     assert server.files[render.RELEASE_SCRIPT].mode == "000700"
