@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Self
 
 from app_tier import render
-from app_tier.supervisor import Supervisor
+from app_tier.supervisor import Supervisor, listening_socket
 
 NGINX_HINT = "nginx is not installed: install the nginx package (apt-get install nginx / dnf install nginx)"
 POSTGRES_HINT = ("PostgreSQL 15 is not installed: install postgresql-15 (apt-get install postgresql-15)"
@@ -189,6 +189,7 @@ class Lab:
         self._db: LabDatabase | None = None
         self._apps: Supervisor | None = None
         self._nginx: subprocess.Popen | None = None
+        self.env: dict[str, str] = {}
 
     # --- what tests and the CLI read -------------------------------------------------------
 
@@ -273,16 +274,38 @@ class Lab:
         env = {"PATH": f"{venv_bin}:{os.environ.get('PATH', '')}", "LANG": "C.UTF-8", "HOME": str(self.dir),
                **render.app_environment(self.layout, database, password_file=str(password_file)),
                **self.app_secrets()}
+        self.env = env
         binds = render.app_binds(self.layout, public_host="127.0.0.1")
         programs = {name: shlex.split(render.app_start_command(self.layout, bind))
                     for name, bind in zip(self._copy_names(), binds, strict=False)}
-        self._apps = Supervisor(programs, env=env, cwd=app_root / "app", log_dir=self.dir / "logs")
+        if self.app.release_command:  # once, before any copy starts, as the server's 24-app-release
+            self.run_release(env)
+        # The sockets the socket units hold on a server: open across the copies' restarts.
+        sockets = {}
+        for name, bind in zip(self._copy_names(), binds, strict=True):
+            host, _, port = bind.rpartition(":")
+            sockets[name] = listening_socket(host, int(port), render.SOCKET_BACKLOG)
+        self._apps = Supervisor(programs, env=env, cwd=app_root / "app", log_dir=self.dir / "logs", sockets=sockets)
         self._apps.start()
         for url in self.app_urls():
             self._wait_ok(f"{url}{self.layout.health_path}", "an app copy")
         if self.stage == 4:
             self._start_nginx()
             self._wait_ok(f"{self.url}{self.layout.health_path}", "nginx")
+
+    def run_release(self, env: Mapping[str, str], version: str = "lab") -> None:
+        """The app's release command, as the server's release script runs it: bash, in the app's
+        directory, with the app's environment and APP_VERSION (the lab has no versions: "lab")."""
+        result = subprocess.run(["/bin/bash", "-c", render.app_release_command(self.layout)],
+                                env={**env, "APP_VERSION": version}, cwd=self.dir / "webapp" / "app",
+                                capture_output=True, text=True, check=False)
+        (self.dir / "release.log").write_text(result.stdout + result.stderr)
+        if result.returncode != 0:
+            raise RuntimeError(f"the release command failed ({result.returncode}): {result.stderr[-1500:]}")
+
+    def restart_copy(self, index: int = 0) -> None:
+        """systemctl restart of one copy: SIGTERM, then a new start on the same, still open socket."""
+        self._apps.restart(self._copy_names()[index])
 
     def app_secrets(self) -> dict[str, str]:
         """The values the app's secrets get here (on a server: read at boot from AWS)."""
@@ -318,7 +341,7 @@ class Lab:
 
     def stop(self) -> None:
         if self._nginx is not None:
-            self._nginx.terminate()
+            self._nginx.send_signal(signal.SIGQUIT)  # graceful, as the unit's drop-in stops it
             try:
                 self._nginx.wait(10)
             except subprocess.TimeoutExpired:

@@ -27,14 +27,33 @@ PYTHON = "python3.11"
 # does the spreading. Threads let a copy keep idle keep-alive connections without blocking;
 # keep-alive (75 s) outlasts nginx's upstream and the ALB's idle timeouts (60 s), so the proxy
 # in front always closes an idle connection first. No control socket: copies would share it.
+# Every copy serves a listening socket systemd holds (app.socket / app@.socket) and passes as fd 3
+# (LISTEN_FDS=1, LISTEN_PID): a restart never closes it, so connections wait in its backlog while
+# the new copy starts instead of being refused. gunicorn finds it through LISTEN_FDS by itself
+# (--bind is then only a label); other servers take it as {fd} (uvicorn --fd {fd}).
+# --graceful-timeout: on SIGTERM a copy finishes its in-flight requests for up to GRACEFUL_STOP_SEC,
+# inside the ALB's 30 s drain and the units' TimeoutStopSec.
 DEFAULT_START_COMMAND = (
-    "{app_root}/venv/bin/gunicorn --workers 1 --threads 4 --keep-alive 75 --no-control-socket"
-    " --chdir {app_root}/app --bind {bind} app:application"
+    "{app_root}/venv/bin/gunicorn --workers 1 --threads 4 --keep-alive 75 --graceful-timeout 25"
+    " --no-control-socket --chdir {app_root}/app --bind {bind} app:application"
 )
+
+# The sample app's release command (its schema), the default with its default source and start command.
+DEFAULT_RELEASE_COMMAND = "{app_root}/venv/bin/python {app_root}/app/migrate.py"
 
 DEFAULT_HEALTH_PATH = "/health"
 
 RESTART_DELAY_SEC = 0.5  # systemd RestartSec; the lab supervisor waits the same
+LISTEN_FD = 3  # SD_LISTEN_FDS_START: the listening socket a copy inherits ({fd} in a start command)
+SOCKET_BACKLOG = 2048  # connections the kernel queues while a copy restarts (gunicorn's own default)
+# A stopping copy finishes in-flight requests for up to this long (the default start command's
+# --graceful-timeout; uvicorn: --timeout-graceful-shutdown; nginx: worker_shutdown_timeout), inside
+# the ALB's 30 s deregistration delay; the units' TimeoutStopSec leaves 10 s more before SIGKILL.
+GRACEFUL_STOP_SEC = 25
+TIMEOUT_STOP_SEC = GRACEFUL_STOP_SEC + 10
+APP_VERSION_FILE = "/etc/webapp/app-version"  # the app asset's hash (12 hex digits), written by Init
+RELEASE_SCRIPT = "/usr/local/libexec/webapp/release"
+NGINX_DROP_IN = "/etc/systemd/system/nginx.service.d/webapp-graceful-stop.conf"
 ENV_FILE = "/etc/webapp/app.env"
 SECRET_DIR = "/run/webapp"  # tmpfs: the password never reaches the disk or survives a reboot
 PASSWORD_FILE = f"{SECRET_DIR}/db-password"
@@ -76,7 +95,24 @@ def _check(ok: bool, message: str) -> None:
 
 
 _ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
-START_COMMAND_PLACEHOLDERS = ("bind", "host", "port", "app_root")  # what app_start_command fills in
+START_COMMAND_PLACEHOLDERS = ("bind", "host", "port", "app_root", "fd")  # what app_start_command fills in
+RELEASE_COMMAND_PLACEHOLDERS = ("app_root",)  # a release runs once per version, on no port of its own
+_SERVES_LISTEN_FDS = ("gunicorn",)  # servers that take systemd's socket through LISTEN_FDS themselves
+
+
+def start_command_problem(command: str) -> str | None:
+    """Why a start command cannot serve the socket a copy inherits, or None. The rule: it names {fd}
+    (the descriptor of the listening socket, 3) where its server takes one, or runs gunicorn, which
+    finds the socket through LISTEN_FDS/LISTEN_PID by itself."""
+    if "{fd}" in command:
+        return None
+    words = command.replace("{app_root}", "/app_root").split()
+    if any(word.rsplit("/", 1)[-1] in _SERVES_LISTEN_FDS for word in words):
+        return None
+    return ("must serve the listening socket it inherits as file descriptor 3 (systemd socket activation: "
+            "a restart never refuses a connection): put {fd} where the server takes a socket's descriptor "
+            "(uvicorn --fd {fd}, hypercorn --bind fd://{fd}), or run gunicorn, which finds it through "
+            "LISTEN_FDS by itself")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -102,13 +138,20 @@ class AppSpec:
 
     `source_dir` holds the code and a requirements.txt (the server builds a venv from it);
     `start_command` is one command line with placeholders {bind} (host:port), {host}, {port},
-    {app_root}, and must listen where {bind}/{port} say; `health_path` answers 200 while the
+    {app_root} and {fd}; it must serve the listening socket it inherits as file descriptor 3
+    (systemd socket activation: LISTEN_FDS=1, LISTEN_PID), either through {fd} (uvicorn --fd {fd})
+    or as gunicorn does by itself; {bind}/{port} then only say which address that socket has.
+    On SIGTERM it should finish in-flight requests within GRACEFUL_STOP_SEC;
+    `release_command` (optional) is one shell line ({app_root}) run once per app version, before the
+    new version takes traffic (database migrations: see README "The release command");
+    `health_path` answers 200 while the
     process is up (the boot health gate, nginx and the load balancer all read it);
     `packages` are extra Amazon Linux 2023 packages; `environment` plain variables;
     `secrets` variables read at boot from Secrets Manager or Parameter Store."""
 
     source_dir: str = str(APP_SOURCE_DIR)
     start_command: str = DEFAULT_START_COMMAND
+    release_command: str = DEFAULT_RELEASE_COMMAND  # "" for none
     health_path: str = DEFAULT_HEALTH_PATH
     packages: tuple[str, ...] = ()
     environment: Mapping[str, str] = field(default_factory=dict)
@@ -116,12 +159,16 @@ class AppSpec:
 
     def __post_init__(self) -> None:
         _check(self.health_path.startswith("/"), "health_path must start with /")
-        _check("{bind}" in self.start_command or "{port}" in self.start_command,
-               "start_command must contain {bind} or {port}: the port each copy listens on")
+        problem = start_command_problem(self.start_command)
+        _check(problem is None, f"start_command {problem}")
         _check("\n" not in self.start_command, "start_command is one line")
         unknown = {name for name in re.findall(r"{(\w*)}", self.start_command)} - set(START_COMMAND_PLACEHOLDERS)
         _check(not unknown, f"start_command: unknown placeholders {sorted(unknown)}; "
                             f"allowed: {list(START_COMMAND_PLACEHOLDERS)}")
+        _check("\n" not in self.release_command and "\r" not in self.release_command, "release_command is one line")
+        unknown = {name for name in re.findall(r"{(\w*)}", self.release_command)} - set(RELEASE_COMMAND_PLACEHOLDERS)
+        _check(not unknown, f"release_command: unknown placeholders {sorted(unknown)}; "
+                            f"allowed: {list(RELEASE_COMMAND_PLACEHOLDERS)}")
         for name, value in self.environment.items():
             _check(bool(_ENV_NAME.match(name)), f"bad environment variable name {name!r}")
             _check("\n" not in value, f"environment variable {name} has a newline")
@@ -238,7 +285,12 @@ def app_binds(layout: ServerLayout, *, public_host: str = "0.0.0.0") -> list[str
 def app_start_command(layout: ServerLayout, bind: str) -> str:
     """The start command of one copy, as a single command line (systemd ExecStart / shlex)."""
     host, _, port = bind.rpartition(":")
-    return layout.start_command.format(bind=bind, host=host, port=port, app_root=layout.app_root)
+    return layout.start_command.format(bind=bind, host=host, port=port, app_root=layout.app_root, fd=LISTEN_FD)
+
+
+def app_release_command(layout: ServerLayout) -> str:
+    """The release command as bash runs it (`bash -c`), or "" when the app has none."""
+    return layout.app.release_command.format(app_root=layout.app_root)
 
 
 def app_environment(layout: ServerLayout, database: DatabaseEndpoint, *,
@@ -265,22 +317,40 @@ def app_units(layout: ServerLayout) -> list[str]:
     return ["app.service"]
 
 
+def app_sockets(layout: ServerLayout) -> list[str]:
+    """The socket units that hold each copy's listening socket: app@8001.socket ... or app.socket."""
+    return [unit.removesuffix(".service") + ".socket" for unit in app_units(layout)]
+
+
 def app_server_packages(layout: ServerLayout, *, database: DatabaseEndpoint | None = None) -> list[str]:
     packages = [PYTHON, f"{PYTHON}-pip", "logrotate"]
     if layout.proxy:
         packages.append("nginx")
+    if layout.app.release_command:
+        packages.append("postgresql15")  # psql: the release's lock and record on the app's database
     if layout.app.secrets or database is not None and database.secret_arn:
         packages.append("awscli-2")  # preinstalled on the standard AL2023 AMI, not on minimal
     return list(dict.fromkeys(packages + list(layout.app.packages)))
 
 
-def app_server_files(layout: ServerLayout, database: DatabaseEndpoint) -> dict[str, ServerFile]:
+def app_server_files(layout: ServerLayout, database: DatabaseEndpoint, *,
+                     app_version: str | None = None) -> dict[str, ServerFile]:
+    """`app_version`: the app asset's hash (12 hex digits), written to APP_VERSION_FILE; the release
+    script reads it. Only a new app changes it, so it adds no rollout of its own."""
     files = {ENV_FILE: ServerFile(_env_file(app_environment(layout, database)))}
+    if app_version is not None:
+        _check(bool(re.fullmatch(r"[0-9a-f]{12}", app_version)), f"app_version must be 12 hex digits: {app_version!r}")
+        files[APP_VERSION_FILE] = ServerFile(app_version + "\n")
     if layout.proxy:
         files[f"{UNIT_DIR}/app@.service"] = ServerFile(_app_unit(layout, database, bind="127.0.0.1:%i"))
+        files[f"{UNIT_DIR}/app@.socket"] = ServerFile(_app_socket(layout, bind="127.0.0.1:%i"))
         files[NGINX_CONF] = ServerFile(nginx_config(layout))
+        files[NGINX_DROP_IN] = ServerFile(NGINX_GRACEFUL_STOP)
     else:
         files[f"{UNIT_DIR}/app.service"] = ServerFile(_app_unit(layout, database, bind=app_binds(layout)[0]))
+        files[f"{UNIT_DIR}/app.socket"] = ServerFile(_app_socket(layout, bind=app_binds(layout)[0]))
+    if layout.app.release_command:
+        files.update(_release_files(layout, database))
     files[LOG_DIR_TMPFILES] = ServerFile(
         f"# Rendered by app_tier/render.py: the app units append their output here.\n"
         f"d {LOG_DIR} 0750 {layout.run_user} {layout.run_user} -\n")
@@ -291,14 +361,24 @@ def app_server_files(layout: ServerLayout, database: DatabaseEndpoint) -> dict[s
     return files
 
 
-def app_server_commands(layout: ServerLayout) -> list[tuple[str, str]]:
+def app_server_commands(layout: ServerLayout, database: DatabaseEndpoint | None = None) -> list[tuple[str, str]]:
     root, user = layout.app_root, layout.run_user
-    units = " ".join(app_units(layout))
-    start = f"systemctl daemon-reload && systemctl enable {units} && systemctl restart {units}"
+    units, sockets = " ".join(app_units(layout)), " ".join(app_sockets(layout))
+    # The sockets first, and never restarted: they hold the listening sockets, so restarting the copies
+    # queues connections in their backlog instead of refusing them. A server whose copies still bind
+    # the port themselves (set up before socket activation) stops them once to hand the port over.
+    start = (f"systemctl daemon-reload && {{ systemctl is-active --quiet {sockets} || systemctl stop {units}; }}"
+             f" && systemctl enable --now {sockets} && systemctl enable {units} && systemctl restart {units}")
     if layout.app.secrets:  # read them again: an update may have changed which secrets the app gets
         start = start.replace("systemctl restart", f"systemctl restart {FETCH_APP_SECRETS_UNIT} && systemctl restart", 1)
     if layout.proxy:
         start += " && systemctl enable nginx.service && systemctl reload-or-restart nginx.service"
+    # The release runs with what the app gets: the password and the app's secrets, read first (at the
+    # first boot nothing has started their units yet; on an update the secrets may have changed).
+    fetch = [f"systemctl start {FETCH_PASSWORD_UNIT}"] if database is not None and database.secret_arn else []
+    fetch += [f"systemctl restart {FETCH_APP_SECRETS_UNIT}"] if layout.app.secrets else []
+    release = [("24-app-release", " && ".join(["systemctl daemon-reload", *fetch, RELEASE_SCRIPT]))] \
+        if layout.app.release_command else []
     return [
         ("20-app-user", (f"id -u {user} >/dev/null 2>&1 || useradd --system --user-group"
                          f" --home-dir {root} --no-create-home --shell /sbin/nologin {user}")),
@@ -306,18 +386,23 @@ def app_server_commands(layout: ServerLayout) -> list[tuple[str, str]]:
         ("22-app-venv", f"test -x {root}/venv/bin/python || {PYTHON} -m venv {root}/venv"),
         ("23-app-requirements", (f"{root}/venv/bin/pip install --disable-pip-version-check --no-input"
                                  f" --quiet -r {root}/app/requirements.txt")),
-        ("24-app-start", start),
+        # Before any copy of the new version starts: a failed release fails cfn-init and the running
+        # copies keep serving the version they run.
+        *release,
+        ("25-app-start", start),
         # cfn-init succeeds, and the server signals CloudFormation, only once the service answers
         # its health check: a rolling update then waits for a working server and rolls back otherwise.
-        ("25-app-healthy", (f"for attempt in $(seq 1 60); do curl -fsS -o /dev/null --max-time 2"
+        ("26-app-healthy", (f"for attempt in $(seq 1 60); do curl -fsS -o /dev/null --max-time 2"
                             f" http://127.0.0.1:{layout.service_port}{layout.health_path} && exit 0; sleep 2; done;"
                             f" echo 'app not healthy after 120 s' >&2; exit 1")),
     ]
 
 
-def app_server_bootstrap(layout: ServerLayout, database: DatabaseEndpoint) -> ServerBootstrap:
+def app_server_bootstrap(layout: ServerLayout, database: DatabaseEndpoint, *,
+                         app_version: str | None = None) -> ServerBootstrap:
     return ServerBootstrap(app_server_packages(layout, database=database),
-                           app_server_files(layout, database), app_server_commands(layout))
+                           app_server_files(layout, database, app_version=app_version),
+                           app_server_commands(layout, database))
 
 
 _TOKEN = re.compile(r"(\$\{Token\[[^\]]+\]\})")  # a CDK token in a string, resolved at deploy time
@@ -384,8 +469,11 @@ def _app_unit(layout: ServerLayout, database: DatabaseEndpoint, *, bind: str) ->
     marker = "\0port\0"
     command = app_start_command(layout, bind.replace("%i", marker)).replace("%", "%%").replace(marker, "%i")
     what = f"Web app copy on {bind}" if layout.proxy else f"Web app on {bind}"
+    socket = "app@%i.socket" if layout.proxy else "app.socket"
     unit = ["[Unit]", f"Description={what}",
             "After=network-online.target", "Wants=network-online.target",
+            # The listening socket is the socket unit's; systemd passes it as fd 3 (LISTEN_FDS).
+            f"Requires={socket}", f"After={socket}",
             # Restart=always means always: never give up after a burst of crashes.
             "StartLimitIntervalSec=0"]
     service = ["[Service]", "Type=simple", f"User={layout.run_user}", f"Group={layout.run_user}",
@@ -399,20 +487,131 @@ def _app_unit(layout: ServerLayout, database: DatabaseEndpoint, *, bind: str) ->
         # systemd reads this root-only file before it drops privileges; the app sees only its values.
         service += [f"EnvironmentFile={APP_SECRETS_FILE}"]
     service += [f"ExecStart={command}", "Restart=always", f"RestartSec={int(RESTART_DELAY_SEC * 1000)}ms",
-                # SIGTERM to gunicorn's master only; it stops its worker gracefully.
-                "KillMode=mixed", "TimeoutStopSec=35",
+                # SIGTERM to gunicorn's master only; it stops its worker gracefully, finishing
+                # in-flight requests for up to GRACEFUL_STOP_SEC; SIGKILL only after this.
+                "KillMode=mixed", f"TimeoutStopSec={TIMEOUT_STOP_SEC}",
                 # A file per copy, so the CloudWatch agent can ship it; logrotate truncates it daily.
                 # The directory comes from tmpfiles.d (LOG_DIR_TMPFILES), not LogsDirectory=: systemd
                 # would open this file before creating that directory, and fail with 209/STDOUT.
                 f"StandardOutput=append:{LOG_DIR}/{_log_name(layout)}", "StandardError=inherit",
                 _HARDENING]
-    if layout.proxy:
-        service += ["CapabilityBoundingSet="]
-    else:  # the app itself listens on a privileged port, as a non-root user
-        service += ["AmbientCapabilities=CAP_NET_BIND_SERVICE", "CapabilityBoundingSet=CAP_NET_BIND_SERVICE"]
+    # No capability, not even to bind port 80: systemd binds the socket (app.socket) as root.
+    service += ["CapabilityBoundingSet="]
     install = ["[Install]", "WantedBy=multi-user.target"]
     header = "# Rendered by app_tier/render.py; the start command is the app's ([app] start_command in config)."
     return "\n".join([header, *unit, "", *service, "", *install]) + "\n"
+
+
+def _app_socket(layout: ServerLayout, *, bind: str) -> str:
+    """The copy's listening socket, held by systemd across the copy's restarts."""
+    what = f"copy on {bind}" if layout.proxy else f"on {bind}"
+    return "\n".join([
+        "# Rendered by app_tier/render.py: systemd holds the app's listening socket, so a restart of the app",
+        "# (an update, a crash) queues connections here instead of refusing them.",
+        "[Unit]", f"Description=Listening socket of the web app {what}", "",
+        "[Socket]", f"ListenStream={bind}", f"Backlog={SOCKET_BACKLOG}", "NoDelay=yes", "",
+        "[Install]", "WantedBy=sockets.target"]) + "\n"
+
+
+# nginx stops gracefully on SIGQUIT (finishing in-flight requests, worker_shutdown_timeout at most);
+# SIGTERM, systemd's default and the stock unit's, is its fast shutdown, which drops them.
+NGINX_GRACEFUL_STOP = f"""# Rendered by app_tier/render.py: stop nginx gracefully (SIGQUIT), finishing in-flight requests.
+[Service]
+KillSignal=SIGQUIT
+TimeoutStopSec={TIMEOUT_STOP_SEC}
+"""
+
+
+# --- the release command -----------------------------------------------------------------------
+
+
+RELEASE_COMMAND_FILE = f"{LIBEXEC_DIR}/release-command"
+
+
+def _release_files(layout: ServerLayout, database: DatabaseEndpoint) -> dict[str, ServerFile]:
+    """The release script (root, run by cfn-init) and the release command it runs as the app's user."""
+    return {RELEASE_SCRIPT: ServerFile(release_script(layout, database), mode="000700"),
+            RELEASE_COMMAND_FILE: ServerFile(release_command_script(layout), mode="000755")}
+
+
+def release_command_script(layout: ServerLayout) -> str:
+    """The app's release command as a script of its own: bash runs it, not systemd (no $ or % rules)."""
+    return f"""#!/bin/bash
+# Rendered by app_tier/render.py: the app's release command ([app] release_command), run by {RELEASE_SCRIPT}
+# as the app's user, in the app's directory, with the app's environment and APP_VERSION.
+if [ -n "${{CREDENTIALS_DIRECTORY:-}}" ]; then export DB_PASSWORD_FILE="$CREDENTIALS_DIRECTORY/db-password"; fi
+{app_release_command(layout)}
+"""
+
+
+def release_script(layout: ServerLayout, database: DatabaseEndpoint, *, runner: str | None = None,
+                   version_file: str = APP_VERSION_FILE, env_file: str = ENV_FILE,
+                   password_file: str | None = None) -> str:
+    """The script cfn-init runs before it starts the app (24-app-release). `runner` is how it runs the
+    command (default: systemd-run as the app's user, as its units run it); the lab tests pass their own
+    runner and paths. APP_VERSION and the app's environment are set for the runner."""
+    properties = [f"User={layout.run_user}", f"Group={layout.run_user}", f"WorkingDirectory={layout.app_root}/app",
+                  f"EnvironmentFile={ENV_FILE}", "NoNewPrivileges=yes", "PrivateTmp=yes", "ProtectHome=yes",
+                  "ProtectSystem=strict", "UMask=0077"]
+    password_file = password_file or (PASSWORD_FILE if database.secret_arn else None)
+    password = f"PGPASSWORD=$(cat {password_file})\nexport PGPASSWORD\n" if password_file else ""
+    if database.secret_arn:
+        properties.append(f"LoadCredential=db-password:{PASSWORD_FILE}")
+    if layout.app.secrets:
+        properties.append(f"EnvironmentFile={APP_SECRETS_FILE}")
+    run = runner or " ".join(["systemd-run --quiet --wait --pipe --collect --service-type=exec",
+                              '--unit="webapp-release-$version"', *(f"-p {p}" for p in properties),
+                              '-E APP_VERSION="$version"', RELEASE_COMMAND_FILE])
+    return f"""#!/bin/bash
+# Rendered by app_tier/render.py: run the app's release command once per app version, before that version
+# takes traffic. A PostgreSQL advisory lock on the app's database lets one server at a time in; the table
+# webapp_release records each version whose command finished, so the first server runs it and the others
+# find it done. One psql session (a coprocess) holds the lock while bash runs the command: psql itself
+# would not report a failed command (\\! gives no exit status in PostgreSQL 15). cfn-init runs this
+# before it (re)starts the app: a failure fails cfn-init, and the running copies keep their version.
+set -euo pipefail
+version=$(cat {version_file})
+if ! [[ $version =~ ^[0-9a-f]{{12}}$ ]]; then echo "release: no app version in {version_file}" >&2; exit 1; fi
+host=$(hostname)
+[[ $host =~ ^[A-Za-z0-9._-]+$ ]] || host=unknown
+set -a
+. {env_file}
+set +a
+export APP_VERSION="$version"
+{password}export PGCONNECT_TIMEOUT=10
+coproc PSQL {{ exec psql --no-psqlrc -q -t -A -v ON_ERROR_STOP=1 -h "$DB_HOST" -p "$DB_PORT" -U "$DB_USER" -d "$DB_NAME" 2>&1; }}
+exec {{to_psql}}>&"${{PSQL[1]}}" {{from_psql}}<&"${{PSQL[0]}}"
+marker="--webapp-release-$$-done--"
+
+sql() {{  # one statement in the held session; prints its rows; fails when psql stops (an error)
+  local line rows=""
+  printf '%s;\\n\\\\echo %s\\n' "$1" "$marker" >&"$to_psql"
+  while IFS= read -r line <&"$from_psql"; do
+    if [ "$line" = "$marker" ]; then printf '%s' "$rows"; return 0; fi
+    rows+="$line"$'\\n'
+  done
+  echo "release: psql failed: $rows" >&2
+  return 1
+}}
+
+sql "SELECT pg_advisory_lock(hashtext('webapp_release'))" >/dev/null
+sql "CREATE TABLE IF NOT EXISTS webapp_release (version text PRIMARY KEY, host text NOT NULL,
+  started timestamptz NOT NULL DEFAULT now(), finished timestamptz)" >/dev/null
+done_by=$(sql "SELECT host || ' at ' || finished FROM webapp_release WHERE version = '$version' AND finished IS NOT NULL")
+if [ -n "$done_by" ]; then
+  echo "release: version $version was released by $done_by; nothing to run"
+  exit 0
+fi
+sql "INSERT INTO webapp_release (version, host) VALUES ('$version', '$host')
+  ON CONFLICT (version) DO UPDATE SET host = EXCLUDED.host, started = now(), finished = NULL" >/dev/null
+echo "release: running the release command of version $version"
+if ! {run}; then
+  echo "release: the release command of version $version failed; the running version keeps serving" >&2
+  exit 1
+fi
+sql "UPDATE webapp_release SET finished = now() WHERE version = '$version'" >/dev/null
+echo "release: version $version released"
+"""
 
 
 # --- the database password ------------------------------------------------------------------
@@ -563,6 +762,8 @@ def nginx_config(layout: ServerLayout, paths: NginxPaths = NginxPaths(), *, list
     user = f"user {paths.user};\n" if paths.user else ""
     return f"""# Rendered by app_tier/render.py: nginx in front of {layout.processes} app copies.
 {user}worker_processes auto;
+# A graceful stop (SIGQUIT, the unit's drop-in) finishes in-flight requests for this long at most.
+worker_shutdown_timeout {GRACEFUL_STOP_SEC}s;
 pid {paths.pid};
 error_log {paths.error_log} warn;
 
@@ -665,7 +866,8 @@ SELECT 'CREATE DATABASE {name} OWNER {user}' WHERE NOT EXISTS (SELECT FROM pg_da
 
 
 def database_server_packages(database: DatabaseEndpoint | None = None) -> list[str]:
-    packages = ["postgresql15-server"]
+    # postgresql15-server requires the client; named anyway, since the setup script runs its psql.
+    packages = ["postgresql15-server", "postgresql15"]
     if database is None or database.secret_arn:
         packages.append("awscli-2")
     return packages
@@ -728,6 +930,7 @@ def single_server_database(database: DatabaseEndpoint) -> ServerBootstrap:
     return database_server_bootstrap(database, "127.0.0.1/32", listen_addresses="localhost")
 
 
-def single_server_bootstrap(layout: ServerLayout, database: DatabaseEndpoint) -> ServerBootstrap:
+def single_server_bootstrap(layout: ServerLayout, database: DatabaseEndpoint, *,
+                            app_version: str | None = None) -> ServerBootstrap:
     """Stage 1's whole server: the database first (its commands sort first), then the app."""
-    return single_server_database(database) + app_server_bootstrap(layout, database)
+    return single_server_database(database) + app_server_bootstrap(layout, database, app_version=app_version)

@@ -6,7 +6,7 @@ render module, so there is one copy of the server software and the lab tests it.
 
 from __future__ import annotations
 
-from aws_cdk import Stack
+from aws_cdk import FileSystem, Stack
 from aws_cdk import aws_autoscaling as autoscaling
 from aws_cdk import aws_ec2 as ec2
 
@@ -36,13 +36,21 @@ def app_server_init(layout: render.ServerLayout, database: render.DatabaseEndpoi
 
     `agent` (the CloudWatch agent) goes first, so a server that fails later still ships its logs."""
     configs: dict[str, ec2.InitConfig] = {"agent": agent} if agent else {}
+    version = app_version(layout)
     # Stage 1: render's whole-server bootstrap, PostgreSQL's setup first (the lab tests its order).
-    server = render.single_server_bootstrap(layout, database) if local_database else \
-        render.app_server_bootstrap(layout, database)
+    server = render.single_server_bootstrap(layout, database, app_version=version) if local_database else \
+        render.app_server_bootstrap(layout, database, app_version=version)
     # The app's code ships as an S3 asset: a change to it is a new asset, hence new Init metadata.
     app_source = ec2.InitSource.from_asset(f"{layout.app_root}/app", layout.app.source_dir)
     configs["app"] = _config(server, sources=[app_source])
     return _init(configs, in_place_updates)
+
+
+def app_version(layout: render.ServerLayout) -> str:
+    """The app's version as the server knows it (render.APP_VERSION_FILE): the first 12 hex digits of
+    the source asset's hash, which is CDK's fingerprint of the directory (the stack's AppVersion
+    output without the commit, so a commit alone changes no server). It changes only with the app."""
+    return FileSystem.fingerprint(layout.app.source_dir)[:12]
 
 
 def database_server_init(database: render.DatabaseEndpoint, *, allowed_cidr: str,

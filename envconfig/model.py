@@ -376,8 +376,12 @@ def _app_source(source: str) -> str:
     return source
 
 
+RELEASE_COMMAND_PLACEHOLDERS = render.RELEASE_COMMAND_PLACEHOLDERS
+
+
 def _start_command(command: str) -> str:
-    allowed = "one command line with {bind} or {port}; placeholders {bind}, {host}, {port}, {app_root}"
+    allowed = ("one command line serving the inherited listening socket: {fd} (e.g. uvicorn --fd {fd}) or "
+               "gunicorn; placeholders {fd}, {bind}, {host}, {port}, {app_root}")
     if "\n" in command or "\r" in command:
         raise problem(f"got a command of {len(command.splitlines())} lines; allowed: {allowed}")
     try:
@@ -388,8 +392,27 @@ def _start_command(command: str) -> str:
                for name, spec, conv in fields if name not in START_COMMAND_PLACEHOLDERS or spec or conv]
     if unknown:
         raise problem(f"got {command!r} with {', '.join(unknown)}; allowed: {allowed}")
-    if not {"bind", "port"} & {name for name, _, _ in fields}:
-        raise problem(f"got {command!r}, which says nowhere where to listen; allowed: {allowed}")
+    if render.start_command_problem(command):
+        raise problem(f"got {command!r}, which does not serve the listening socket systemd passes as file "
+                      f"descriptor 3 (a restart would refuse connections); allowed: {allowed}")
+    return command
+
+
+def _release_command(command: str) -> str:
+    allowed = ("\"\" (none) or one shell command line, run once per deploy before the new version takes traffic; "
+               "placeholder {app_root}")
+    if "\n" in command or "\r" in command or "\0" in command:
+        raise problem(f"got a command of {len(command.splitlines())} lines; allowed: {allowed}")
+    try:
+        fields = [(name, spec, conv) for _, name, spec, conv in string.Formatter().parse(command) if name is not None]
+    except ValueError as err:
+        raise problem(f"got {command!r} ({err}); allowed: {allowed}, and {{{{ or }}}} for a literal brace") from None
+    unknown = ["{" + name + (f"!{conv}" if conv else "") + (f":{spec}" if spec else "") + "}"
+               for name, spec, conv in fields if name not in RELEASE_COMMAND_PLACEHOLDERS or spec or conv]
+    if unknown:
+        raise problem(f"got {command!r} with {', '.join(unknown)}; allowed: {allowed}")
+    if command and not command.strip():
+        raise problem(f"got {command!r}, only spaces; allowed: {allowed}")
     return command
 
 
@@ -492,7 +515,11 @@ class AppConfig(Section):
         DEFAULT_APP_SOURCE, "the app's directory with its requirements.txt, relative to the repository root "
                             "or absolute")
     start_command: Annotated[str, AfterValidator(_start_command)] = _text(
-        render.DEFAULT_START_COMMAND, "one command line with {bind} or {port}")
+        render.DEFAULT_START_COMMAND, "one command line serving the inherited socket: {fd} or gunicorn")
+    # The sample app's (its schema), as start_command defaults to the sample's: "" for an app with none.
+    release_command: Annotated[str, AfterValidator(_release_command)] = _text(
+        render.DEFAULT_RELEASE_COMMAND,
+        "\"\" or one shell command line ({app_root}), run once per deploy before the new version serves")
     health_path: Annotated[str, _matching(_HEALTH_PATH)] = _text(
         DEFAULT_HEALTH_PATH, "a path starting with / (letters, digits and _-./), e.g. /health")
     packages: tuple[Annotated[StrictStr, _matching(_PACKAGE)], ...] = Field(

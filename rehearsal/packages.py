@@ -24,11 +24,15 @@ PACKAGES: dict[str, dict] = {
                         "/var/lib/nginx/tmp are recreated in the image"},
     "postgresql15-server": {"debian": ["postgresql-15"],
                             "provides": ["/usr/lib/postgresql/15/bin/postgres", "/usr/lib/postgresql/15/bin/initdb",
-                                         "/usr/bin/psql", "/usr/bin/postgresql-setup",
+                                         "/usr/bin/postgresql-setup",
                                          "/usr/lib/systemd/system/postgresql.service"],
                             "reason": "the same PostgreSQL 15; AL2023's postgresql.service and postgresql-setup "
                                       "are stand-ins over Debian's binaries",
                             "standin": "AL2023 postgresql.service/postgresql-setup"},
+    "postgresql15": {"debian": ["postgresql-15"], "provides": ["/usr/bin/psql"],
+                     "reason": "the PostgreSQL 15 client, psql (the database setup; the release command's lock and "
+                               "record); AL2023's postgresql15-server requires it; Debian's postgresql-client-15 "
+                               "comes with postgresql-15, which the root installs"},
     "awscli-2": {"debian": ["awscli"], "provides": [],
                  "reason": "Debian's AWS CLI v2 (2.9), wrapped to call the emulator with dummy keys; "
                            "on the standard AL2023 AMI already"},

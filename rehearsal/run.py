@@ -689,7 +689,9 @@ def finish_broken(broken, server: tpl.Server, result: Result) -> None:
 
 def in_place_update(env: Environment, config, c: ct.Container, server: tpl.Server, workdir: Path,
                     result: Result) -> None:
-    """Change one app file, re-synthesize, hand the server the new metadata; cfn-hup does the rest."""
+    """Change one app file, re-synthesize, hand the server the new metadata; cfn-hup does the rest,
+    under load the whole time: the release command runs once for the new version, the app restarts
+    on the socket systemd holds, and no request may fail."""
     release = f"r{secrets.token_hex(3)}"
     source = synth.changed_app(synth.app_source(config), workdir / env.name, release=release)
     assembly = synth.synthesize([synth.with_app_source(env.name, env.raw, source)],
@@ -703,32 +705,67 @@ def in_place_update(env: Environment, config, c: ct.Container, server: tpl.Serve
         return
     before = visits(c, server)
     database_pid = postgresql_pid(c)  # stage 1 runs PostgreSQL on this server
-    started = time.monotonic()
-    env.publish(c, server, assembly, template)
     base = f"http://{c.address}:{server.service_port}/"
-    deadline = time.monotonic() + 180
-    body: dict = {}
-    while time.monotonic() < deadline:
-        status, body = http_get(base)
-        if status == 200 and body.get("release") == release:
-            break
-        time.sleep(0.5)
+    load = Load(base, connections=4).start()  # "/": the app and its database, as users reach them
+    started = time.monotonic()
+    try:
+        env.publish(c, server, assembly, template)
+        deadline = time.monotonic() + 180
+        body: dict = {}
+        while time.monotonic() < deadline:
+            status, body = http_get(base)
+            if status == 200 and body.get("release") == release:
+                break
+            time.sleep(0.5)
+        served_sec = time.monotonic() - started
+        time.sleep(2)  # the load runs on past the switch: the old copy's stop lies well inside it
+    finally:
+        load.stop()
+    failed = load.failures()
+    longest_ms = max((r.latency_sec for r in load.responses), default=0.0) * 1000
+    under_load = f"{len(load.responses)} requests under load, {len(failed)} failed, longest {longest_ms:.0f} ms"
     if body.get("release") != release:
         log = c.run("journalctl -u cfn-hup --no-pager -n 20; tail -n 10 /var/log/cfn-init.log", check=False).stdout
-        result.fail("update", f"release {release} not served after 180 s\n{log}")
-    elif before is None or body.get("visits", 0) <= before:
+        result.fail("update", f"release {release} not served after 180 s ({under_load})\n{log}")
+        return
+    if failed:
+        errors = sorted({r.error or str(r.status) for r in failed})[:3]
+        result.fail("update", f"{under_load} during the update: {errors}")
+        return
+    if before is None or body.get("visits", 0) <= before:
         result.fail("update", f"visits {before} before, {body.get('visits')} after: data lost")
-    else:
-        # cfn-init kept every file it overwrote as .bak: the daily jobs must still read their config.
-        rotate = c.run("logrotate --debug /etc/logrotate.conf 2>&1", check=False)
-        errors = [line for line in rotate.stdout.splitlines() if line.startswith("error:")][:3]
-        if rotate.returncode != 0 or errors or f"{render.LOG_DIR}/" not in rotate.stdout:
-            result.fail("update", f"logrotate's config broke after the update: {errors or 'webapp logs not rotated'}")
-        elif database_pid != postgresql_pid(c):
-            result.fail("update", f"an app-only change restarted PostgreSQL (pid {database_pid} -> {postgresql_pid(c)})")
-        else:
-            kept = f", PostgreSQL not restarted (pid {database_pid})" if database_pid else ""
-            result.ok(f"update(cfn-hup served the new code in {time.monotonic() - started:.0f} s, data kept{kept})")
+        return
+    # cfn-init kept every file it overwrote as .bak: the daily jobs must still read their config.
+    rotate = c.run("logrotate --debug /etc/logrotate.conf 2>&1", check=False)
+    errors = [line for line in rotate.stdout.splitlines() if line.startswith("error:")][:3]
+    if rotate.returncode != 0 or errors or f"{render.LOG_DIR}/" not in rotate.stdout:
+        result.fail("update", f"logrotate's config broke after the update: {errors or 'webapp logs not rotated'}")
+        return
+    if database_pid != postgresql_pid(c):
+        result.fail("update", f"an app-only change restarted PostgreSQL (pid {database_pid} -> {postgresql_pid(c)})")
+        return
+    runs = release_runs(env, config, c)
+    if config.app.release_command and runs != 1:
+        result.fail("update", f"the release command ran {runs} times for the new version {server_app_version(c)}; "
+                              "wanted exactly once")
+        return
+    kept = f", PostgreSQL not restarted (pid {database_pid})" if database_pid else ""
+    ran = f", release command ran once for {server_app_version(c)}" if config.app.release_command else ""
+    result.ok(f"update(cfn-hup served the new code in {served_sec:.0f} s; {under_load}; data kept{kept}{ran})")
+
+
+def server_app_version(c: ct.Container) -> str:
+    return c.run(f"cat {render.APP_VERSION_FILE}", check=False).stdout.strip()
+
+
+def release_runs(env: Environment, config, c: ct.Container) -> int | None:
+    """How many rows the sample apps' release command left in release_runs for the server's current
+    version, read on the database's own server: stage 1's app server, stage 2's database server."""
+    version = server_app_version(c)
+    database = c if int(config.stage) == 1 else next(x for x in env.containers if x.name == f"{env.name}-db")
+    out = database.run(f"cd / && runuser -u postgres -- psql -p {config.database.port} -d {config.database.name} "
+                       f"-tAc \"SELECT count(*) FROM release_runs WHERE version = '{version}'\"", check=False)
+    return int(out.stdout.strip()) if out.returncode == 0 and out.stdout.strip().isdigit() else None
 
 
 def postgresql_pid(c: ct.Container) -> int:

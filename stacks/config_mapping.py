@@ -27,7 +27,8 @@ REMOVAL_POLICIES = {"destroy": RemovalPolicy.DESTROY, "retain": RemovalPolicy.RE
 def app_spec(config: EnvironmentConfig) -> render.AppSpec:
     app = config.app
     return render.AppSpec(
-        source_dir=app.source_dir, start_command=app.start_command, health_path=app.health_path,
+        source_dir=app.source_dir, start_command=app.start_command, release_command=app.release_command,
+        health_path=app.health_path,
         packages=tuple(app.packages), environment=dict(app.environment),
         secrets={name: render.AppSecret(store=ref.store, name=ref.name, key=ref.key)
                  for name, ref in app.secrets.items()})

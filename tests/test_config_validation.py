@@ -92,11 +92,18 @@ BAD_VALUES = [
     (PROD, "app.source", "no/such/dir", "app.source", "not a directory"),
     (PROD, "app.source", "envconfig", "app.source", "has no requirements.txt"),
     (PROD, "app.source", 5, "app.source", "the app's directory"),
-    (PROD, "app.start_command", "gunicorn app:application", "app.start_command", "with {bind} or {port}"),
+    (PROD, "app.start_command", "uvicorn app:app --host {host} --port {port}", "app.start_command",
+     "does not serve the listening socket systemd passes as file descriptor 3"),
+    (PROD, "app.start_command", "run-my-app", "app.start_command", "{fd} (e.g. uvicorn --fd {fd}) or gunicorn"),
     (PROD, "app.start_command", "run --bind {bind}\nrm -rf /", "app.start_command", "got a command of 2 lines"),
     (PROD, "app.start_command", "run --bind {bind} --user {user}", "app.start_command", "with {user}"),
     (PROD, "app.start_command", "run --port {port!r}", "app.start_command", "with {port!r}"),
     (PROD, "app.start_command", "run --bind {bind", "app.start_command", "for a literal brace"),
+    (PROD, "app.release_command", "migrate\nrm -rf /", "app.release_command", "got a command of 2 lines"),
+    (PROD, "app.release_command", "migrate --port {port}", "app.release_command", "placeholder {app_root}"),
+    (PROD, "app.release_command", "migrate {app_root", "app.release_command", "for a literal brace"),
+    (PROD, "app.release_command", "   ", "app.release_command", "only spaces"),
+    (PROD, "app.release_command", 5, "app.release_command", "one shell command line"),
     (PROD, "app.health_path", "health", "app.health_path", "a path starting with /"),
     (PROD, "app.health_path", "/health check", "app.health_path", "a path starting with /"),
     (PROD, "app.packages", "git", "app.packages", "a list of Amazon Linux 2023 package names"),
@@ -250,6 +257,7 @@ def test_the_app_contract_defaults_to_the_sample_app():
     app = parse_environment("dev", _with(DEV, "app", _DELETE)).app
     assert app.source == "app_tier/sample_app" and app.source_dir == str(REPO_ROOT / "app_tier" / "sample_app")
     assert app.start_command == render.DEFAULT_START_COMMAND and app.health_path == "/health"
+    assert app.release_command == render.DEFAULT_RELEASE_COMMAND  # the sample's schema
     assert (app.packages, dict(app.environment), dict(app.secrets), app.processes_per_server) == ((), {}, {}, 1)
 
 
@@ -257,7 +265,8 @@ def test_the_app_section_in_full(tmp_path):
     (tmp_path / "requirements.txt").write_text("uvicorn==0.30.0\n")
     app = {
         "source": str(tmp_path),
-        "start_command": "{app_root}/venv/bin/uvicorn --app-dir {app_root}/app --host {host} --port {port} main:app",
+        "start_command": "{app_root}/venv/bin/uvicorn --app-dir {app_root}/app --fd {fd} main:app",
+        "release_command": "cd {app_root}/app && {app_root}/venv/bin/alembic upgrade head",
         "health_path": "/healthz",
         "packages": ["libpq", "ImageMagick", "gcc-c++"],
         "processes_per_server": 3,
@@ -268,6 +277,10 @@ def test_the_app_section_in_full(tmp_path):
     }
     config = parse_environment("prod", {**PROD, "app": app})
     assert config.app.source_dir == str(tmp_path.resolve())
+    from stacks.config_mapping import app_spec
+    assert app_spec(config).release_command == app["release_command"]
+    assert render.app_release_command(render.ServerLayout(app=app_spec(config))) == \
+        "cd /opt/webapp/app && /opt/webapp/venv/bin/alembic upgrade head"
     assert config.app.packages == ("libpq", "ImageMagick", "gcc-c++") and config.app.processes_per_server == 3
     assert config.app.environment == {"APP_MODE": "production", "LOG_LEVEL": "info"}
     assert config.app.secrets == {

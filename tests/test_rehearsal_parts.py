@@ -91,7 +91,7 @@ def test_app_units_append_only_to_a_directory_made_before_they_start(stage):
         for target in re.findall(r"^StandardOutput=append:(\S+)$", unit.content, re.M):
             assert str(Path(target).parent) in made, f"{path} appends to {target}, whose directory nothing makes"
     names = [name for name, _ in boot.commands]
-    assert names.index("21-app-log-dir") < names.index("24-app-start")
+    assert names.index("21-app-log-dir") < names.index("25-app-start")
 
 
 # --- issue 8, finding 4: cfn-hup's unit ----------------------------------------------------------
@@ -249,7 +249,7 @@ def test_the_stage2_server_is_built_with_the_asgi_app_through_synth(tmp_path):
     assert [r.read_text() for r in found] == [(ROOT / "app_tier" / "sample_asgi" / "requirements.txt").read_text()]
     files = app.metadata["AWS::CloudFormation::Init"]["app"]["files"]
     unit = files[f"{render.UNIT_DIR}/app.service"]["content"]
-    assert "ExecStart=/opt/webapp/venv/bin/uvicorn --app-dir /opt/webapp/app app:app --host 0.0.0.0 --port 80" in unit
+    assert "ExecStart=/opt/webapp/venv/bin/uvicorn --app-dir /opt/webapp/app app:app --fd 3 " in unit
     script = json.dumps(files[render.FETCH_APP_SECRETS_SCRIPT]["content"])
     for ref in config.app.secrets.values():
         assert ref.name in script

@@ -249,3 +249,18 @@ def test_status_against_a_stopped_emulator_says_what_to_do(rolled, monkeypatch, 
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://localhost:{emu.free_port()}")
     assert deploys.main(["status", "--env", "dev", "--state-dir", str(rolled["state_dir"])]) == 2
     assert "no emulator this checkout started answers there" in capsys.readouterr().err
+
+
+def test_every_app_server_knows_its_version_as_the_asset_hash(synthesized_templates, changed_app_templates):
+    """/etc/webapp/app-version (what the release script records) is the AppVersion output without the
+    commit, on the single server and the group's servers alike, and moves with the app."""
+    for templates in (synthesized_templates, changed_app_templates):
+        for name in ("dev", "prod"):
+            template = templates[name]
+            version = template["Outputs"]["AppVersion"]["Value"].split("+")[0]
+            inits = [r["Metadata"]["AWS::CloudFormation::Init"] for r in template["Resources"].values()
+                     if "AWS::CloudFormation::Init" in r.get("Metadata", {})
+                     and "app" in r["Metadata"]["AWS::CloudFormation::Init"]]
+            assert inits, name
+            for init in inits:
+                assert init["app"]["files"][render.APP_VERSION_FILE]["content"] == version + "\n"

@@ -6,6 +6,7 @@ Standard library plus psycopg only. Endpoints:
                 so a database blip never makes the load balancer drain every server at once
   GET /ready    200 when the database answers, 503 when it does not
   GET /work?n=  CPU-bound work (sum of squares below n) for load benchmarks
+  GET /sleep?ms= a slow request (sleeps, at most 30 s): in flight while a copy stops gracefully
 
 Database settings come from the environment: DB_HOST, DB_PORT, DB_NAME, DB_USER and
 DB_PASSWORD_FILE (preferred: a file holding the password) or DB_PASSWORD; APP_STAGE.
@@ -18,12 +19,14 @@ import os
 import socket
 import sys
 import threading
+import time
 import traceback
 from urllib.parse import parse_qs
 
 import psycopg
 
 MAX_WORK_N = 5_000_000
+MAX_SLEEP_MS = 30_000
 DEFAULT_WORK_N = 100_000
 # Short, so a request during a database outage answers 503 quickly instead of hanging.
 CONNECT_TIMEOUT_SEC = 2
@@ -94,9 +97,7 @@ def _first_line(error: Exception) -> str:
 
 def _count_visit(conn: psycopg.Connection) -> int:
     with conn.transaction():
-        # Copies start together; the advisory lock stops two of them racing to create the table.
-        conn.execute("SELECT pg_advisory_xact_lock(4242)")
-        conn.execute("CREATE TABLE IF NOT EXISTS visits (id int PRIMARY KEY, count bigint NOT NULL)")
+        # The table is the release command's (migrate.py), made before any copy of a version starts.
         row = conn.execute(
             "INSERT INTO visits (id, count) VALUES (1, 1)"
             " ON CONFLICT (id) DO UPDATE SET count = visits.count + 1 RETURNING count"
@@ -113,6 +114,13 @@ def _work(n: int) -> int:
     for i in range(n):
         total += i * i
     return total
+
+
+def _parse_ms(query: str) -> int:
+    ms = int(parse_qs(query).get("ms", ["1000"])[-1])  # ValueError on bad input
+    if not 0 <= ms <= MAX_SLEEP_MS:
+        raise ValueError(f"ms must be between 0 and {MAX_SLEEP_MS}")
+    return ms
 
 
 def _parse_n(query: str) -> int:
@@ -146,6 +154,13 @@ def _route(method: str, path: str, query: str) -> tuple[int, dict]:
         except ValueError:
             return 400, {"error": f"n must be an integer between 0 and {MAX_WORK_N}"}
         return 200, {"pid": os.getpid(), "n": n, "result": _work(n)}
+    if path == "/sleep":
+        try:
+            ms = _parse_ms(query)
+        except ValueError:
+            return 400, {"error": f"ms must be an integer between 0 and {MAX_SLEEP_MS}"}
+        time.sleep(ms / 1000)
+        return 200, {"pid": os.getpid(), "slept_ms": ms}
     return 404, {"error": "not found", "path": path}
 
 

@@ -9,16 +9,20 @@ event loop per process, asynchronous PostgreSQL (psycopg's AsyncConnection), no 
   GET /health   liveness only: 200 while the process is up, even when the database is down
   GET /ready    200 when the database answers, 503 when it does not
   GET /work?n=  CPU-bound work (sum of squares below n) for load benchmarks
+  GET /sleep?ms= a slow request (sleeps, at most 30 s): in flight while a copy stops gracefully
 
 Environment: DB_HOST, DB_PORT, DB_NAME, DB_USER and DB_PASSWORD_FILE (preferred) or DB_PASSWORD;
 APP_STAGE; GREETING (a plain setting, shown); REPORTED_VARIABLES, comma-separated names whose
 presence "/" reports, so a deploy can show that its secrets arrived without showing them.
 
 Start command (config [app] start_command): uvicorn with one worker, so the process systemd or
-the lab supervises is the one that serves, and keep-alive longer than the proxies' 60 s:
-  {app_root}/venv/bin/uvicorn --app-dir {app_root}/app app:app --host {host} --port {port}
-  --workers 1 --timeout-keep-alive 75 --no-server-header
-uvicorn stops gracefully on SIGTERM: it stops accepting, finishes in-flight requests, then exits.
+the lab supervises is the one that serves, on the listening socket it inherits (--fd {fd}: systemd
+socket activation), and keep-alive longer than the proxies' 60 s:
+  {app_root}/venv/bin/uvicorn --app-dir {app_root}/app app:app --fd {fd}
+  --http graceful:LingeringH11Protocol --workers 1 --timeout-keep-alive 75
+  --timeout-graceful-shutdown 25 --no-server-header
+uvicorn stops gracefully on SIGTERM: it stops accepting, finishes in-flight requests (25 s at most),
+then exits; graceful.py keeps it from dropping a request just sent on a kept-alive connection. Release command: {app_root}/venv/bin/python {app_root}/app/migrate.py (the schema).
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from urllib.parse import parse_qs
 import psycopg
 
 MAX_WORK_N = 5_000_000
+MAX_SLEEP_MS = 30_000
 DEFAULT_WORK_N = 100_000
 # Short, so a request during a database outage answers 503 quickly instead of hanging.
 CONNECT_TIMEOUT_SEC = 2
@@ -129,9 +134,7 @@ def _first_line(error: Exception) -> str:
 
 async def _count_visit(conn: psycopg.AsyncConnection) -> int:
     async with conn.transaction():
-        # Copies start together; the advisory lock stops two of them racing to create the table.
-        await conn.execute("SELECT pg_advisory_xact_lock(4242)")
-        await conn.execute("CREATE TABLE IF NOT EXISTS visits (id int PRIMARY KEY, count bigint NOT NULL)")
+        # The table is the release command's (migrate.py), made before any copy of a version starts.
         cursor = await conn.execute(
             "INSERT INTO visits (id, count) VALUES (1, 1)"
             " ON CONFLICT (id) DO UPDATE SET count = visits.count + 1 RETURNING count"
@@ -149,6 +152,13 @@ def _work(n: int) -> int:
     for i in range(n):
         total += i * i
     return total
+
+
+def _parse_ms(query: str) -> int:
+    ms = int(parse_qs(query).get("ms", ["1000"])[-1])  # ValueError on bad input
+    if not 0 <= ms <= MAX_SLEEP_MS:
+        raise ValueError(f"ms must be between 0 and {MAX_SLEEP_MS}")
+    return ms
 
 
 def _parse_n(query: str) -> int:
@@ -192,6 +202,13 @@ async def _route(method: str, path: str, query: str) -> tuple[int, dict]:
             return 400, {"error": f"n must be an integer between 0 and {MAX_WORK_N}"}
         # In a thread: the event loop keeps answering /health while the work runs.
         return 200, {"pid": os.getpid(), "n": n, "result": await asyncio.to_thread(_work, n)}
+    if path == "/sleep":
+        try:
+            ms = _parse_ms(query)
+        except ValueError:
+            return 400, {"error": f"ms must be an integer between 0 and {MAX_SLEEP_MS}"}
+        await asyncio.sleep(ms / 1000)
+        return 200, {"pid": os.getpid(), "slept_ms": ms}
     return 404, {"error": "not found", "path": path}
 
 

@@ -10,6 +10,7 @@ import json
 import os
 import signal
 import socket
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -214,14 +215,14 @@ def test_the_boot_health_gate_passes_against_the_running_layout(lab):
     from app_tier import render
 
     name, command = render.app_server_commands(lab.layout)[-1]
-    assert name == "25-app-healthy" and command.rstrip().endswith("exit 1")
+    assert name == "26-app-healthy" and command.rstrip().endswith("exit 1")
     result = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=30)
     assert result.returncode == 0, result.stderr
 
 
 @pytest.mark.parametrize("argv, message", [
     (["--env", "no-such-env"], "--env no-such-env"),
-    (["--start-command", "run-my-app"], "{bind} or {port}"),
+    (["--start-command", "run-my-app"], "file descriptor 3"),
     (["--app-source", "/nonexistent"], "has no requirements.txt"),
 ])
 def test_lab_says_what_is_wrong_with_the_app_it_is_given(capsys, argv, message):
@@ -232,8 +233,58 @@ def test_lab_says_what_is_wrong_with_the_app_it_is_given(capsys, argv, message):
 
 def test_lab_names_an_app_server_missing_from_the_project_venv(lab_tools):
     from app_tier import render
-    app = render.AppSpec(start_command="{app_root}/venv/bin/no-such-server --port {port} app:app")
+    app = render.AppSpec(start_command="{app_root}/venv/bin/no-such-server --fd {fd} app:app")
     lab = Lab(stage=1, port=0, app=app)
     with pytest.raises(RuntimeError, match="no-such-server, which is not installed here.*requirements-dev.txt"):
         lab.__enter__()
     assert lab.dir is not None and not lab.dir.exists()  # what it had made is gone
+
+
+# --- restarts and stops: the socket stays open, in-flight requests finish --------------------
+
+
+def slow_get(url: str, into: dict) -> threading.Thread:
+    def run() -> None:
+        started = time.monotonic()
+        into["status"], into["body"] = get(url)
+        into["seconds"] = time.monotonic() - started
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+@pytest.mark.parametrize("lab", [("wsgi", 1), ("asgi", 1)], indirect=True, ids=layout_id)
+def test_restarting_the_app_under_load_fails_no_request(lab):
+    """A restart (what cfn-hup's update does on stages 1-2) with a slow request in flight and steady
+    load: the old copy finishes the slow request, new connections wait in the held socket's backlog
+    while the new copy starts, and not one request fails."""
+    old = lab.app_pids()[0]
+    slow: dict = {}
+    with Load(lab.url + "/", connections=4) as load:
+        wait_for(lambda: len(load.responses) > 20, 5, "load flowing")
+        thread = slow_get(lab.url + "/sleep?ms=1500", slow)
+        time.sleep(0.3)  # the slow request is in flight
+        lab.restart_copy(0)
+        wait_for(lambda: lab.app_pids()[0] != old and http_status(lab.app_urls()[0] + "/health") == 200, 15,
+                 "the new copy serving")
+        time.sleep(0.5)
+        thread.join(10)
+    # Answered in full by the old copy, which was already stopping: graceful, not cut off.
+    assert slow.get("status") == 200 and slow["body"]["slept_ms"] == 1500, slow
+    assert not load.failures(), sorted({r.error or str(r.status) for r in load.failures()})[:3]
+    assert len(load.responses) > 50
+    assert lab.app_pids()[0] != old
+
+
+@pytest.mark.parametrize("sig, finishes", [(signal.SIGQUIT, True), (signal.SIGTERM, False)], ids=["SIGQUIT", "SIGTERM"])
+def test_nginx_stops_gracefully_only_on_sigquit(lab_tools, sig, finishes):
+    """Why the nginx unit's drop-in sets KillSignal=SIGQUIT: nginx finishes an in-flight request on
+    SIGQUIT (its graceful shutdown) and drops it on SIGTERM (its fast one), systemd's default."""
+    with Lab(stage=4, processes=1, port=0) as lab:
+        slow: dict = {}
+        thread = slow_get(lab.url + "/sleep?ms=1500", slow)
+        time.sleep(0.4)
+        lab._nginx.send_signal(sig)
+        thread.join(10)
+        lab._nginx.wait(10)
+    assert (slow.get("status") == 200) is finishes, slow

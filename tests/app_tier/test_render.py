@@ -61,16 +61,20 @@ def test_stages_1_to_3_run_one_process_and_stage_4_one_port_per_copy():
 
 def test_one_start_command_swaps_the_app():
     layout = ServerLayout(proxy=True, processes=2,
-                          app=AppSpec(start_command="/opt/webapp/venv/bin/myapp --listen {bind} --fmt 50%"))
+                          app=AppSpec(start_command="/opt/webapp/venv/bin/myapp --fd {fd} --name {bind} --fmt 50%"))
     unit = render.app_server_files(layout, DATABASE)[f"{render.UNIT_DIR}/app@.service"].content
-    assert "ExecStart=/opt/webapp/venv/bin/myapp --listen 127.0.0.1:%i --fmt 50%%\n" in unit
-    assert render.app_start_command(layout, "127.0.0.1:8002") == "/opt/webapp/venv/bin/myapp --listen 127.0.0.1:8002 --fmt 50%"
+    assert "ExecStart=/opt/webapp/venv/bin/myapp --fd 3 --name 127.0.0.1:%i --fmt 50%%\n" in unit
+    assert render.app_start_command(layout, "127.0.0.1:8002") == \
+        "/opt/webapp/venv/bin/myapp --fd 3 --name 127.0.0.1:8002 --fmt 50%"
 
 
 @pytest.mark.parametrize("bad", [
-    {"start_command": "myapp --port 8000"},                       # listens nowhere the layout says
-    {"start_command": "myapp --bind {bind} --log {logfile}"},     # an unknown placeholder
-    {"start_command": "myapp --bind {bind}\nrm -rf /"},           # two lines
+    {"start_command": "myapp --port 8000"},                       # serves no inherited socket
+    {"start_command": "uvicorn app:app --host {host} --port {port}"},  # binds the port systemd holds
+    {"start_command": "myapp --fd {fd} --log {logfile}"},         # an unknown placeholder
+    {"start_command": "myapp --fd {fd}\nrm -rf /"},               # two lines
+    {"release_command": "migrate --port {port}"},                 # a release has no port
+    {"release_command": "migrate\nrm -rf /"},                     # two lines
     {"health_path": "health"},
     {"environment": {"lower": "x"}},
     {"environment": {"DB_HOST": "elsewhere"}},                    # the platform's
@@ -99,7 +103,7 @@ def test_the_app_contract_reaches_the_server_and_secrets_stay_references():
     compile(script, "fetch-app-secrets", "exec")
     packages = render.app_server_packages(layout, database=LOCAL_DATABASE)
     assert packages.count("logrotate") == 1 and "libpq" in packages and "awscli-2" in packages
-    start = dict(render.app_server_commands(layout))["24-app-start"]
+    start = dict(render.app_server_commands(layout))["25-app-start"]
     assert start.index(render.FETCH_APP_SECRETS_UNIT) < start.index("restart app.service")
     # Without secrets, none of it.
     plain = render.app_server_files(ServerLayout(), LOCAL_DATABASE)
@@ -143,7 +147,9 @@ def test_stage_1_server_has_database_then_app_with_shared_secret_fetch_once():
     assert "127.0.0.1/32" in server.files[f"{render.PG_CONF_DIR}/pg_hba.conf"].content
     assert "listen_addresses = 'localhost'" in server.files[f"{render.PG_CONF_DIR}/postgresql.conf"].content
     unit = server.files[f"{render.UNIT_DIR}/app.service"].content
-    assert "AmbientCapabilities=CAP_NET_BIND_SERVICE" in unit
+    # systemd binds port 80 (app.socket); the app keeps no capability at all.
+    assert "AmbientCapabilities" not in unit and "CapabilityBoundingSet=\n" in unit
+    assert "Requires=app.socket\n" in unit
     assert f"LoadCredential=db-password:{render.PASSWORD_FILE}" in unit
     assert server.files[render.FETCH_PASSWORD_SCRIPT].mode == "000700"
 
@@ -174,7 +180,7 @@ def test_rendered_units_pass_systemd_analyze_verify(stage, tmp_path, systemd_ana
     gunicorn.parent.mkdir(parents=True)
     gunicorn.write_text("#!/bin/sh\n")
     gunicorn.chmod(stat.S_IRWXU)
-    units = render.app_units(layout) + [render.FETCH_PASSWORD_UNIT] + \
+    units = render.app_units(layout) + render.app_sockets(layout) + [render.FETCH_PASSWORD_UNIT] + \
         ([render.FETCH_APP_SECRETS_UNIT] if app.secrets else [])
     result = subprocess.run([systemd_analyze, "verify", f"--root={tmp_path}", *units],
                             check=False, capture_output=True, text=True)
@@ -247,3 +253,75 @@ def test_sample_app_pins_are_the_ones_the_lab_runs():
 
     app_pins = pins(render.APP_SOURCE_DIR / "requirements.txt")
     assert app_pins and app_pins <= pins(Path(__file__).parents[2] / "requirements-dev.txt")
+
+
+# --- socket activation, graceful stops, the release command -------------------------------
+
+
+@pytest.mark.parametrize("proxy", [False, True], ids=["stage1-3", "stage4"])
+def test_every_copy_serves_a_socket_systemd_holds_across_its_restarts(proxy):
+    layout = ServerLayout(proxy=proxy, processes=2)
+    files = render.app_server_files(layout, DATABASE)
+    name = "app@" if proxy else "app"
+    socket_unit = files[f"{render.UNIT_DIR}/{name}.socket"].content
+    listen = "127.0.0.1:%i" if proxy else "0.0.0.0:80"
+    assert f"ListenStream={listen}\n" in socket_unit and f"Backlog={render.SOCKET_BACKLOG}\n" in socket_unit
+    service = files[f"{render.UNIT_DIR}/{name}.service"].content
+    socket_name = "app@%i.socket" if proxy else "app.socket"
+    assert f"Requires={socket_name}\n" in service and f"After={socket_name}\n" in service
+    assert f"TimeoutStopSec={render.TIMEOUT_STOP_SEC}\n" in service
+    assert render.TIMEOUT_STOP_SEC > render.GRACEFUL_STOP_SEC and render.GRACEFUL_STOP_SEC < 30  # the ALB's drain
+    start = dict(render.app_server_commands(layout))["25-app-start"]
+    sockets = " ".join(render.app_sockets(layout))
+    # Sockets are started (enable --now: a no-op once running), never restarted; only the copies are.
+    assert f"systemctl enable --now {sockets}" in start and "restart app" in start
+    assert not re.search(r"restart [^&]*\.socket", start)
+    assert start.index(f"enable --now {sockets}") < start.index("systemctl restart")
+
+
+def test_the_default_start_commands_stop_gracefully():
+    assert "--graceful-timeout 25" in render.DEFAULT_START_COMMAND
+    assert f"{render.GRACEFUL_STOP_SEC}" == "25"
+    from rehearsal.synth import stage2_config
+    from stacks.config_mapping import app_spec
+    uvicorn = app_spec(stage2_config()).start_command
+    assert "--fd {fd}" in uvicorn and "--timeout-graceful-shutdown 25" in uvicorn
+
+
+def test_stage_4_nginx_stops_gracefully():
+    files = render.app_server_files(ServerLayout(proxy=True, processes=2), DATABASE)
+    drop_in = files[render.NGINX_DROP_IN].content
+    assert "KillSignal=SIGQUIT\n" in drop_in and f"TimeoutStopSec={render.TIMEOUT_STOP_SEC}\n" in drop_in
+    assert f"worker_shutdown_timeout {render.GRACEFUL_STOP_SEC}s;" in files[render.NGINX_CONF].content
+    assert render.NGINX_DROP_IN not in render.app_server_files(ServerLayout(), DATABASE)
+
+
+def test_the_release_command_runs_before_the_new_version_starts():
+    app = AppSpec(release_command="{app_root}/venv/bin/python -m myapp.migrate --to head",
+                  secrets={"API_TOKEN": AppSecret(store="ssm", name="/t")})
+    layout = ServerLayout(app=app)
+    server = render.app_server_bootstrap(layout, DATABASE, app_version="0123456789ab")
+    names = [name for name, _ in server.commands]
+    assert names.index("24-app-release") == names.index("25-app-start") - 1
+    # The password and the app's secrets are read before it: at first boot nothing else has started them.
+    assert dict(server.commands)["24-app-release"] == (
+        f"systemctl daemon-reload && systemctl start {render.FETCH_PASSWORD_UNIT} && "
+        f"systemctl restart {render.FETCH_APP_SECRETS_UNIT} && {render.RELEASE_SCRIPT}")
+    assert "postgresql15" in server.packages
+    assert server.files[render.APP_VERSION_FILE].content == "0123456789ab\n"
+    assert server.files[render.RELEASE_SCRIPT].mode == "000700"
+    command = server.files[render.RELEASE_COMMAND_FILE].content
+    assert command.rstrip().endswith("/opt/webapp/venv/bin/python -m myapp.migrate --to head")
+    script = server.files[render.RELEASE_SCRIPT].content
+    # As the app's units run it: its user, directory, environment, password credential and secrets.
+    for part in ("-p User=webapp", "-p WorkingDirectory=/opt/webapp/app", f"-p EnvironmentFile={render.ENV_FILE}",
+                 f"-p LoadCredential=db-password:{render.PASSWORD_FILE}",
+                 f"-p EnvironmentFile={render.APP_SECRETS_FILE}", '-E APP_VERSION="$version"'):
+        assert part in script
+    assert "pg_advisory_lock" in script and "webapp_release" in script
+    for text in (script, command):
+        assert subprocess.run(["bash", "-n"], input=text, text=True, check=False).returncode == 0
+    # Without a release command, none of it.
+    plain = render.app_server_bootstrap(ServerLayout(app=AppSpec(release_command="")), DATABASE)
+    assert "24-app-release" not in dict(plain.commands) and render.RELEASE_SCRIPT not in plain.files
+    assert "postgresql15" not in plain.packages
