@@ -10,7 +10,7 @@ from aws_cdk import FileSystem, Stack
 from aws_cdk import aws_autoscaling as autoscaling
 from aws_cdk import aws_ec2 as ec2
 
-from app_tier import render
+from app_tier import carry, render
 
 APP_CONFIG_SET = "webapp"
 UPDATES_CONFIG = "updates"
@@ -29,13 +29,17 @@ def _config(part: render.ServerBootstrap, sources: list[ec2.InitElement] = ()) -
 
 
 def app_server_init(layout: render.ServerLayout, database: render.DatabaseEndpoint, *,
-                    local_database: bool = False,
+                    local_database: bool = False, carry_local_database: bool = False,
                     in_place_updates: bool = False,
                     agent: ec2.InitConfig | None = None) -> ec2.CloudFormationInit:
     """The app tier of one server; with `local_database`, PostgreSQL on the same host (stage 1).
 
     `agent` (the CloudWatch agent) goes first, so a server that fails later still ships its logs."""
     configs: dict[str, ec2.InitConfig] = {"agent": agent} if agent else {}
+    if carry_local_database:
+        # Before the app's config: a stage-1 server growing to stage 2 carries its own PostgreSQL into
+        # the new database while its files are still stage 1's (app_tier/carry.py says why).
+        configs["carry"] = _config(carry.carry_bootstrap(layout, database))
     version = app_version(layout)
     # Stage 1: render's whole-server bootstrap, PostgreSQL's setup first (the lab tests its order).
     server = render.single_server_bootstrap(layout, database, app_version=version) if local_database else \

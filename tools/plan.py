@@ -43,6 +43,13 @@ EXIT_DATA_LOSS = 3
 # database is filled by it instead of flagging the step as losing data.
 MIGRATION: str | None = None
 NO_MIGRATION = "no migration step exists yet; see issue 11"
+# The one move that exists: a stage-1 server growing to stage 2 keeps its own PostgreSQL until its
+# first Init step on the update copies it into the new database, verifies every table's row count
+# and only then retires it (app_tier/carry.py). It covers a kept server's local data only: a deleted
+# or replaced database (EC2 PostgreSQL -> RDS) is not moved by anything yet.
+CARRY_DOWNTIME = "seconds for a small database; about the copy's time for a large one (README: Growing the service)"
+LOCAL_CARRY = ("the app server's carry step on this update (app_tier/carry.py: pg_dump | pg_restore, every "
+               "table's row count verified, then the local PostgreSQL retired, its files kept)")
 
 # Updates with some interruption, from CloudFormation's reference pages ("Update requires: Some
 # interruptions"). The provider schemas say what needs a replacement (createOnlyProperties), not this.
@@ -399,24 +406,34 @@ def data_fates(changes: list[Change], before: dict | None, after: dict,
             fates.append(DataFate(holder.name, lid, holder.what, "created", "created (empty)"))
             continue
         sources = ", ".join(f.name for f in left_behind)
-        if migration:
+        movers = {_carried_by(f, migration) for f in left_behind}
+        if None not in movers:
+            mover = " and ".join(sorted(movers))
             fates.append(DataFate(holder.name, lid, holder.what, "created",
-                                  f"created, then filled by {migration} from {sources}"))
+                                  f"created, then filled by {mover} from {sources}"))
             for fate in left_behind:
                 fate.loss = False
-                fate.detail += f" (its data is first moved by {migration} into {holder.name})"
+                fate.detail += f" (its data is first moved by {_carried_by(fate, migration)} into {holder.name})"
         else:
             fates.append(DataFate(holder.name, lid, holder.what, "created",
                                   f"created EMPTY: the data in {sources} is not moved into it ({NO_MIGRATION})",
                                   loss=True))
-    if not migration:
-        for fate in left_behind:
+    for fate in left_behind:
+        if not _carried_by(fate, migration):
             fate.detail += f"; nothing moves the data ({NO_MIGRATION})"
     for fate in left_behind:
         vault = _backed_up_in(fate.logical_id, before, by_id)
         if vault:
             fate.detail += f"; its AWS Backup recovery points stay in {vault} until they expire"
     return fates
+
+
+def _carried_by(fate: DataFate, migration: str | None) -> str | None:
+    """What moves a left-behind database's data into the new one: the named migration, or the carry
+    step when it is a kept server's own PostgreSQL (stage 1 -> 2); None: nothing does."""
+    if migration:
+        return migration
+    return LOCAL_CARRY if fate.fate == "kept" and "own root volume" in fate.what else None
 
 
 def _backed_up_in(logical_id: str, before: dict | None, by_id: dict[str, Change]) -> str | None:
@@ -497,6 +514,11 @@ def downtime(changes: list[Change], before: dict | None, after: dict, fates: lis
                               "until clients and DNS follow the new address (the Url output)",
                               "the Elastic IP is released; a domain's record is updated by the deploy, "
                               "then its TTL"))
+    if any(LOCAL_CARRY in f.detail for f in fates if f.fate == "kept"):
+        found.append(Downtime("the app, while its database is carried", CARRY_DOWNTIME,
+                              "the app's units and sockets stop for pg_dump | pg_restore and the row counts "
+                              "(requests are refused meanwhile), then start on the new database; measured by "
+                              "`make rehearse-grow` and `make bench-grow` (README: Growing the service)"))
     emptied = [f for f in fates if f.fate == "created" and f.loss]
     if emptied:
         found.append(Downtime("the database", "until the data is restored into "

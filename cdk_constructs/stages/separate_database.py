@@ -31,7 +31,7 @@ class SeparateDatabase(Construct):
                  logs: ServerLogs | None = None) -> None:
         super().__init__(scope, construct_id)
         servers, database, subnets = servers or ServerProps(), database or DatabaseProps(), subnets or Subnets()
-        server_image, data_server_image = parts.images(servers)
+        _, data_server_image = parts.images(servers)
         self.vpc = vpc
         self.layout = parts.server_layout(app, stage=self.STAGE)
         self.load_balancer = None
@@ -41,9 +41,13 @@ class SeparateDatabase(Construct):
         self.database = parts.database_for(self, database, vpc=vpc, subnets=subnets, servers=servers,
                                            image=data_server_image, logs=self.logs)
         init = bootstrap.app_server_init(self.layout, self.database.endpoint, in_place_updates=True,
+                                         carry_local_database=True,
                                          agent=self.logs.agent_init(mount_points=["/"]))
+        # The app server keeps stage 1's image handling (resolved at launch, in its launch template): it is
+        # the server a stage-1 environment grows from, holding the data until it is carried to the new
+        # database, so 1 -> 2 must update it in place, never replace it (README: Growing the service).
         self.app_servers, self.url = parts.public_app_server(
-            self, layout=self.layout, init=init, machine_image=server_image, vpc=vpc, servers=servers,
+            self, layout=self.layout, init=init, machine_image=data_server_image, vpc=vpc, servers=servers,
             subnets=subnets, domain=domain, logs=self.logs)
         parts.connect_database(self.database, self.app_servers)
         self.connections = self.app_servers.connections

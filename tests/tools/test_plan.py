@@ -55,28 +55,26 @@ def one_to_two(synthesized_templates, grown):
     return _plan(synthesized_templates["dev"], grown["dev"])
 
 
-def test_stage_1_to_2_flags_the_data_on_the_old_server_and_the_empty_new_database(one_to_two):
+def test_stage_1_to_2_keeps_the_server_and_names_the_carry_into_the_new_database(one_to_two):
     plan = one_to_two
-    assert plan.data_loss
+    # The stage-1 server holds the data: it is updated in place (its image stays resolved at launch in
+    # its launch template), and its own PostgreSQL is carried into the new database by its Init.
     server = _change(plan, "Service/AppServer/Instance")
-    # The provider schema: ImageId and LaunchTemplate are create-only on AWS::EC2::Instance.
-    assert server.action == planner.REPLACE
-    assert any(r.startswith("ImageId cannot be updated in place") for r in server.reasons)
-    lost = {f.name: f for f in plan.data if f.loss}
-    assert "root volume" in lost["Service/AppServer/Instance"].what
-    assert lost["Service/Database/Data"].fate == "created" and "EMPTY" in lost["Service/Database/Data"].detail
-    lines = _data_lines(plan)
-    assert any("Service/AppServer/Instance" in line and planner.NO_MIGRATION in line for line in lines), lines
-    assert any(line.startswith("DATA: Service/Database/Data") and "created EMPTY" in line for line in lines), lines
+    assert server.action == planner.UPDATE, server.reasons
+    assert not plan.data_loss, _data_lines(plan)
+    fates = {f.name: f for f in plan.data}
+    assert fates["Service/AppServer/Instance"].fate == "kept"
+    assert planner.LOCAL_CARRY in fates["Service/AppServer/Instance"].detail
+    assert fates["Service/Database/Data"].fate == "created"
+    assert f"filled by {planner.LOCAL_CARRY}" in fates["Service/Database/Data"].detail
     assert _change(plan, "Service/Database/Server").action == planner.CREATE
-    # The Elastic IP follows the new server in place: the address is kept.
-    assert _change(plan, "Service/AppServer/ElasticIp").action == planner.UPDATE
 
 
 def test_stage_1_to_2_names_downtime_and_cost_before_and_after(one_to_two):
     plan = one_to_two
     whats = [d.what for d in plan.downtime]
-    assert "Service/AppServer/Instance: replaced" in whats and "the database" in whats
+    assert "the app, while its database is carried" in whats, whats
+    assert not any(w.endswith(": replaced") for w in whats), whats
     assert plan.cost_before and plan.cost_after and plan.cost_after > plan.cost_before
     text = planner.render_text(plan)
     assert f"before {plan.cost_before:,.2f}, after {plan.cost_after:,.2f}" in text
@@ -192,13 +190,19 @@ def test_a_migration_when_one_exists_carries_the_data(synthesized_templates, gro
 
 
 def test_json_and_exit_code(synthesized_templates, grown, monkeypatch, capsys):
+    # EC2 PostgreSQL -> RDS: nothing moves that data yet, so the plan refuses without --accept-data-loss.
+    monkeypatch.setattr(planner, "plan_environment", lambda config, state_dir: planner.make_plan(
+        config, grown["stage2rds"], synthesized_templates["stage2rds"]))
+    assert planner.main(["--env", "prod", "--json"]) == planner.EXIT_DATA_LOSS
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["data_loss"] and shown["counts"]["deleted"] >= 1 and shown["cost_after"] != shown["cost_before"]
+    assert planner.main(["--env", "prod", "--accept-data-loss"]) == 0
+    assert "DATA: Service/Database/Data" in capsys.readouterr().out
+    # 1 -> 2: the carry moves the data, so the plan passes on its own.
     monkeypatch.setattr(planner, "plan_environment", lambda config, state_dir: planner.make_plan(
         config, synthesized_templates["dev"], grown["dev"]))
-    assert planner.main(["--env", "dev", "--json"]) == planner.EXIT_DATA_LOSS
-    shown = json.loads(capsys.readouterr().out)
-    assert shown["data_loss"] and shown["counts"]["replaced"] >= 1 and shown["cost_after"] > shown["cost_before"]
-    assert planner.main(["--env", "dev", "--accept-data-loss"]) == 0
-    assert "DATA: Service/AppServer/Instance" in capsys.readouterr().out
+    assert planner.main(["--env", "dev"]) == 0
+    assert "carried" in capsys.readouterr().out
 
 
 # --- against the emulator ------------------------------------------------------------------------
@@ -206,7 +210,7 @@ def test_json_and_exit_code(synthesized_templates, grown, monkeypatch, capsys):
 
 @pytest.mark.emulator
 @pytest.mark.slow
-def test_plan_against_the_emulator_names_the_data_move(tmp_path, monkeypatch):
+def test_plan_against_the_emulator_names_the_carry(tmp_path, monkeypatch):
     """dev deployed to the emulator as `make deploy-local` does; then the plan of dev as deployed (no
     change) and of dev grown to stage 2, both against the emulator's stack."""
     state_dir = tmp_path / "emulator"
@@ -221,9 +225,9 @@ def test_plan_against_the_emulator_names_the_data_move(tmp_path, monkeypatch):
         assert same.changes == [], [(c.name, c.action, c.reasons) for c in same.changes]
         grown = from_files("dev", "dev", {"stage": 2, "network": {"interface_endpoints": True}})
         plan = planner.plan_environment(grown, state_dir=state_dir)
-        assert plan.data_loss
-        lines = _data_lines(plan)
-        assert any(line.startswith("DATA: Service/AppServer/Instance") for line in lines), lines
-        assert any(line.startswith("DATA: Service/Database/Data") and "not moved" in line for line in lines), lines
+        assert not plan.data_loss and _change(plan, "Service/AppServer/Instance").action == planner.UPDATE
+        data = next(f for f in plan.data if f.name == "Service/Database/Data")
+        assert f"filled by {planner.LOCAL_CARRY}" in data.detail
+        assert "the app, while its database is carried" in [d.what for d in plan.downtime]
     finally:
         emu.stop(state_dir)
