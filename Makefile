@@ -9,13 +9,14 @@ export PYTHONDONTWRITEBYTECODE := 1
 CDK := npx --no-install cdk
 ENV_CTX := $(if $(ENV),-c env=$(ENV),)
 
-.PHONY: help setup synth test pytest rehearse rehearse-deploy lint linted-assembly diff plan deploy status rollback clean snapshot-update deploy-local local-down cost diagrams bench
+.PHONY: help setup synth test pytest rehearse rehearse-deploy rehearse-grow lint linted-assembly diff plan deploy status rollback clean snapshot-update deploy-local local-down cost diagrams bench
 
 help:
 	@echo "make deploy-local [ENV=name]  deploy every environment (or one) to a local AWS emulator and verify it"
 	@echo "make test                     set up and run every test (boot rehearsal, nag, cfn-lint, snapshots, lab, emulator deploy)"
 	@echo "make rehearse [ENV=name]      boot every kind of server from the synthesized templates under real systemd"
 	@echo "make rehearse-deploy [ONLY=fleet|good|single]  roll out new app versions under load on real servers (zero failed requests)"
+	@echo "make rehearse-grow            grow dev 1 -> 2 -> 3 -> 4 with real data on real servers (every row counted)"
 	@echo "make synth [ENV=name]         synthesize CloudFormation (no credentials needed)"
 	@echo "make diff ENV=name            cdk diff against your AWS account"
 	@echo "make plan ENV=name            before a deploy: what is created/replaced/deleted, what happens to the data,"
@@ -27,6 +28,7 @@ help:
 	@echo "make lab [ENV=name] [PROCESSES=N STAGE=4 PORT=8080]  run one server's app tier (an environment's [app]) locally"
 	@echo "make bench                    load, synth and deploy benchmarks"
 	@echo "make bench-rollout [RUNS=n]   the good-version rollout of a 3-server fleet: failed requests, capacity, p99, time"
+	@echo "make bench-grow               dev grown 1 -> 2 with 1 GiB: client errors, carry time, throughput vs pg_dump | psql"
 	@echo "make bench-synth [RUNS=n]     cdk synth of every environment against an empty CDK app"
 	@echo "make cost [ENV=name]          monthly cost estimate per environment"
 	@echo "make diagrams                 architecture diagrams from the synthesized templates"
@@ -49,6 +51,7 @@ lint: setup
 test: setup
 	$(PY) -m rehearsal
 	$(PY) -m rehearsal.deploy
+	$(PY) -m rehearsal.grow
 	$(VENV)/bin/python -m pytest
 
 # pytest alone (no containers, no root): for a quick loop, or a CI runner that rehearses with sudo.
@@ -61,6 +64,10 @@ rehearse: setup
 # Rollouts under load on real servers behind HAProxy: good version, bad version rolled back, single servers.
 rehearse-deploy: setup
 	$(PY) -m rehearsal.deploy $(if $(ONLY),--only $(ONLY),)
+
+# dev grown 1 -> 2 -> 3 -> 4 with real data on real servers: every row counted, the data carried at 1 -> 2.
+rehearse-grow: setup
+	$(PY) -m rehearsal.grow
 
 # app.py skips CDK's built-in template validation (bench/synth.py: it was most of a synth's time);
 # cfn-lint is the check instead, so what is diffed or deployed is the assembly cfn-lint passed.
@@ -102,7 +109,7 @@ clean:
 STAGE ?=
 PROCESSES ?=
 PORT ?= 8080
-.PHONY: lab bench-load bench-synth bench-rollout
+.PHONY: lab bench-load bench-synth bench-rollout bench-grow
 
 # PROCESSES empty: one copy per core (the lab's default).
 lab: setup
@@ -118,6 +125,10 @@ bench-synth: setup
 # The good-version rollout of a 3-server fleet (the deploy rehearsal's, needs root).
 bench-rollout: setup
 	$(PY) -m bench.rollout $(if $(RUNS),--runs $(RUNS),)
+
+# dev grown 1 -> 2 with about 1 GiB (the growth rehearsal's, needs root): errors, carry time, vs pg_dump | psql.
+bench-grow: setup
+	$(PY) -m bench.grow
 
 # --- local AWS emulator ---
 # `cdk deploy` for real, to moto's server on loopback; see tools/local_aws/.
@@ -139,5 +150,5 @@ diagrams: setup
 	$(PY) -m tools.reports.diagrams $(if $(ENV),--env $(ENV),)
 
 # --- benchmarks ---
-bench: bench-load bench-synth bench-rollout
+bench: bench-load bench-synth bench-rollout bench-grow
 	$(PY) -m bench.deploy_local

@@ -229,9 +229,17 @@ class Environment:
             "AWS::Region": self.region, "AWS::StackName": self.stack, "AWS::AccountId": ACCOUNT,
             "AWS::URLSuffix": "amazonaws.com", "AWS::Partition": "aws", "AWS::StackId": self.cfn_stack.stack_id,
         })
+        self.create_resources(resources)
+        self.seed_app_secrets()
+
+    def create_resources(self, resources: dict) -> None:
+        """The emulator's stand-ins for what the servers read by reference, for each resource that has
+        none yet (a grown template adds some: rehearsal/grow.py)."""
         sm = self.emulator.client("secretsmanager", self.region)
         for lid, res in resources.items():
             kind = res["Type"]
+            if lid in self.refs or (lid, "CidrBlock") in self.attributes:
+                continue
             if kind == "AWS::SecretsManager::Secret":
                 spec = res["Properties"]["GenerateSecretString"]
                 value = json.loads(spec.get("SecretStringTemplate", "{}"))
@@ -247,7 +255,6 @@ class Environment:
         for lid, res in resources.items():  # an attachment's Ref is its secret's ARN
             if res["Type"] == "AWS::SecretsManager::SecretTargetAttachment":
                 self.refs[lid] = self.refs[res["Properties"]["SecretId"]["Ref"]]
-        self.seed_app_secrets()
 
     def seed_app_secrets(self) -> None:
         """The secrets and parameters the app's config names exist before the deploy: the user

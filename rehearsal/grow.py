@@ -1,0 +1,422 @@
+"""The growth rehearsal: one live environment grown 1 -> 2 -> 3 -> 4 on real servers, every row counted.
+
+dev starts at stage 1 (its server booted as the boot rehearsal boots it: a container with systemd,
+the template's user data and Init metadata), gets real data (customers, orders referencing them,
+events referencing orders: foreign keys and one large table) and steady traffic (a client polling
+`/` every 100 ms, which counts a visit in the database each time). Then config's `stage` changes and
+the environment is deployed again, as a user grows it:
+
+  1 -> 2  the synthesized change must keep the stage-1 server (tools.plan: updated in place, no data
+          lost); the new database server boots; the server gets the new Init metadata (cfn-hup), whose
+          first step carries its own PostgreSQL into the new database (app_tier/carry.py). Checked:
+          every table's row count on the new database equals what was seeded and what stage 1 held,
+          the local PostgreSQL was retired only after the carry verified the counts, its files are
+          kept, the app serves from the new database with no visit lost, and the seconds the polling
+          client saw errors;
+  2 -> 3, 3 -> 4  the change must replace no data holder (tools.plan); a server of the new stage's
+          group boots against the same database server; every row is still there and the app serves.
+
+One line per step; the last reads `growth rehearsal: N steps, M failed, R rows checked`.
+EC2 PostgreSQL -> RDS is not carried by anything yet: `make plan` flags it, and this rehearsal says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from app_tier import carry, render
+from rehearsal import container as ct
+from rehearsal import run, synth
+from rehearsal import template as tpl
+from tools import plan as planner
+
+ENVIRONMENT = "dev"
+# What each stage needs besides `stage` in dev's file (envconfig says why when it is missing).
+STAGE_CHANGES: dict[int, dict] = {2: {"network": {"interface_endpoints": True}}, 3: {"network": {"nat_gateways": 1}},
+                                  4: {}}
+SEED_TABLES = ("customers", "orders", "events")
+STATE = run.STATE / "grow"
+POLL_SEC = 0.1
+CARRY_WAIT_SEC = 900
+
+
+def say(message: str) -> None:
+    print(message, flush=True)
+
+
+@dataclass
+class Step:
+    name: str
+    facts: list[str] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+    rows_checked: int = 0
+    numbers: dict = field(default_factory=dict)   # the benchmark's figures (bench/grow.py)
+
+    def fail(self, why: str) -> None:
+        self.failures.append(why)
+
+    def line(self) -> str:
+        status = "ok" if not self.failures else "FAILED"
+        return (f"growth rehearsal: {self.name:<8} {status:<6} {'; '.join(self.facts)}"
+                + "".join(f"\n           - {f}" for f in self.failures))
+
+
+def raw_at(stage: int) -> dict:
+    raw = synth.raw_config(ENVIRONMENT)
+    for step in range(2, stage + 1):
+        for table, values in STAGE_CHANGES[step].items():
+            raw.setdefault(table, {}).update(values)
+    raw["stage"] = stage
+    return raw
+
+
+class Poller:
+    """A client polling `/` every 100 ms: the seconds it saw errors (no answer, or not 200)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.results: list[tuple[float, bool]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            started = time.monotonic()
+            try:
+                with urllib.request.urlopen(self.url, timeout=1) as reply:
+                    ok = reply.status == 200
+            except Exception:  # noqa: BLE001 - any failure is an error the client saw
+                ok = False
+            self.results.append((time.monotonic(), ok))
+            self._stop.wait(max(0.0, POLL_SEC - (time.monotonic() - started)))
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(3)
+
+    def error_seconds(self) -> tuple[float, int]:
+        """(seconds from the first failed poll to the first success after the last one, failed polls)."""
+        failed = [i for i, (_, ok) in enumerate(self.results) if not ok]
+        if not failed:
+            return 0.0, 0
+        first, last = failed[0], failed[-1]
+        end = self.results[last + 1][0] if last + 1 < len(self.results) else self.results[last][0]
+        return end - self.results[first][0] + POLL_SEC, len(failed)
+
+
+def sql(c: ct.Container, database: str, query: str, *, check: bool = True) -> str:
+    out = c.run(f"cd / && runuser -u postgres -- psql -X -qtA -v ON_ERROR_STOP=1 -d {database} -c \"{query}\"",
+                check=check, timeout=3600)
+    return out.stdout.strip()
+
+
+def row_counts(c: ct.Container, database: str) -> dict[str, int]:
+    """Every table of the public schema and its row count, read on the database's own server."""
+    tables = sql(c, database, "SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY 1").split()
+    return {t: int(sql(c, database, f"SELECT count(*) FROM public.{t}")) for t in tables}
+
+
+def seed(c: ct.Container, database: str, owner: str, events: int) -> dict[str, int]:
+    """Real data, owned by the app's role: foreign keys, and one large table (about 250 bytes a row)."""
+    customers, orders = max(1, events // 50), max(1, events // 5)
+    script = c.merged / "root" / "seed.sql"
+    script.write_text(f"""SET ROLE {owner};
+CREATE TABLE customers (id bigint PRIMARY KEY, name text NOT NULL, created timestamptz NOT NULL DEFAULT now());
+CREATE TABLE orders (id bigint PRIMARY KEY, customer_id bigint NOT NULL REFERENCES customers (id),
+                     total numeric(12, 2) NOT NULL);
+CREATE TABLE events (id bigserial PRIMARY KEY, order_id bigint NOT NULL REFERENCES orders (id), payload text NOT NULL);
+INSERT INTO customers (id, name) SELECT g, 'customer ' || g FROM generate_series(1, {customers}) g;
+INSERT INTO orders SELECT g, 1 + g % {customers}, (g % 100000) / 100.0 FROM generate_series(1, {orders}) g;
+INSERT INTO events (order_id, payload) SELECT 1 + g % {orders}, repeat(md5(g::text), 6) FROM generate_series(1, {events}) g;
+""")
+    c.run(f"chmod 644 /root/seed.sql && cp /root/seed.sql /tmp/seed.sql && cd / && runuser -u postgres -- "
+          f"psql -X -q -v ON_ERROR_STOP=1 -d {database} -f /tmp/seed.sql", timeout=3600)
+    return {"customers": customers, "orders": orders, "events": events}
+
+
+def database_size(c: ct.Container, database: str) -> str:
+    return sql(c, database, f"SELECT pg_size_pretty(pg_database_size('{database}'))")
+
+
+def plan_between(before: dict, after: dict, config) -> planner.Plan:
+    return planner.make_plan(config, before, after)
+
+
+@dataclass
+class Growth:
+    """What the rehearsal keeps across steps."""
+
+    env: run.Environment
+    app: ct.Container
+    database: ct.Container            # where the data lives now
+    seeded: dict[str, int]
+    visits: int
+    template: dict
+
+
+def measure_floor(g: Growth, db: ct.Container, config) -> float:
+    """The benchmark's floor: a plain `pg_dump | psql` of the same data between the same two servers,
+    into a scratch database on the new database server (a rehearsal-only pg_hba line lets the app's
+    role reach it; both are removed afterwards)."""
+    name, user = config.database.name, config.database.user
+    # The newest secret of that user: stage 2's database server's (stage 1's is the local one's).
+    password = next(v["password"] for v in reversed(list(g.env.secret_values.values()))
+                    if v.get("username") == user)
+    hba = f"{render.PG_CONF_DIR}/pg_hba.conf"
+    db.run(f"echo 'host floor {user} {g.app.address}/32 scram-sha-256 # rehearsal floor' >> {hba} && "
+           f"cd / && runuser -u postgres -- psql -X -q -c 'CREATE DATABASE floor OWNER {user}' && "
+           "runuser -u postgres -- psql -X -q -c 'SELECT pg_reload_conf()'")
+    g.app.run(f"umask 077 && echo '*:*:floor:{user}:{password}' > /root/.floor-pgpass")
+    started = time.monotonic()
+    g.app.run(f"cd / && runuser -u postgres -- pg_dump -d {name} | PGPASSFILE=/root/.floor-pgpass psql -X -q "
+              f"-v ON_ERROR_STOP=1 -h {db.address} -U {user} -d floor >/dev/null", timeout=3600)
+    took = time.monotonic() - started
+    g.app.run("rm -f /root/.floor-pgpass")
+    db.run(f"cd / && runuser -u postgres -- psql -X -q -c 'DROP DATABASE floor' && "
+           f"sed -i '/# rehearsal floor$/d' {hba} && runuser -u postgres -- psql -X -q -c 'SELECT pg_reload_conf()'")
+    return took
+
+
+def grow_to_2(g: Growth, workdir: Path, step: Step, *, floor: bool = False) -> Growth | None:
+    raw = raw_at(2)
+    config = synth.parse(ENVIRONMENT, raw)
+    assembly = synth.synthesize([config], workdir / "cdk.out.stage2")
+    template = tpl.load(assembly, config.stack_name)
+    plan = plan_between(g.template, template, config)
+    server = next((c for c in plan.changes if c.type == "AWS::EC2::Instance" and c.logical_id in {
+        s.logical_id for s in g.env.servers if s.is_app_server}), None)
+    if server is None or server.action != planner.UPDATE or plan.data_loss:
+        what = f"{server.action} ({'; '.join(server.reasons)})" if server else "unchanged"
+        step.fail(f"make plan: the stage-1 server is {what}, data loss {plan.data_loss}: the data would not be carried")
+        return None
+    step.facts.append("plan: server updated in place, data carried")
+
+    env = g.env
+    env.assembly, env.template, env.raw, env.config = assembly, template, raw, config
+    env.servers = tpl.servers(template, env.stack)
+    env.create_resources(template["Resources"])
+    app_server = next(s for s in env.servers if s.is_app_server)
+    (db_server,) = [s for s in env.servers if s.kind == "database server"]
+    env.attributes[(db_server.logical_id, "PrivateIp")] = env.address("db")
+    volume = next(lid for lid, r in template["Resources"].items() if r["Type"] == "AWS::EC2::Volume")
+    env.create_volume(volume)
+    size_mib = max(1024, 4 * sum(g.seeded.values()) * 400 // (1024 * 1024))
+    db = env.container("db", data_volume_mib=size_mib)
+    env.stage_server(db, db_server, assembly, template)
+    result = run.Result(ENVIRONMENT, db_server.kind)
+    if not run.boot_and_signal(db, db_server, result) or result.failures:
+        step.fail(f"the database server did not boot: {result.failures}")
+        return None
+    # The app server's security groups as stage 2 has them (it now reaches the database server).
+    env.enforce_security_groups(g.app, app_server.logical_id)
+
+    if floor:
+        step.numbers["floor_seconds"] = measure_floor(g, db, config)
+        step.facts.append(f"floor: plain pg_dump | psql of the same data took {step.numbers['floor_seconds']:.1f} s")
+    before_local = row_counts(g.app, config.database.name)
+    poller = Poller(f"http://{g.app.address}:{app_server.service_port}/")
+    try:
+        time.sleep(2)
+        started = time.monotonic()
+        env.publish(g.app, app_server, assembly, template)  # the deploy: cfn-hup takes it from here
+        deadline = time.monotonic() + CARRY_WAIT_SEC
+        carried = False
+        while time.monotonic() < deadline:
+            record = g.app.run(f"cat {carry.CARRIED_RECORD}", check=False)
+            host = g.app.run(f"grep -h '^DB_HOST=' {render.ENV_FILE}", check=False).stdout
+            units_up = g.app.run("systemctl is-active app.service", check=False).stdout.strip() == "active"
+            if record.returncode == 0 and env.address("db") in host and units_up and poller.results \
+                    and poller.results[-1][1]:
+                carried = True
+                break
+            if "carry-local-database" in g.app.run("grep -h 'carry-local-database' /var/log/cfn-init.log "
+                                                   "| grep -i 'error\\|failed' | tail -n 1", check=False).stdout:
+                break
+            time.sleep(0.5)
+        took = time.monotonic() - started
+        time.sleep(2)
+    finally:
+        poller.stop()
+    log = g.app.run(f"grep -h '{carry.CARRY_LOG_PREFIX}' /var/log/cfn-init-cmd.log /var/log/cfn-init.log "
+                    "2>/dev/null | uniq", check=False).stdout
+    if not carried:
+        step.fail(f"the carry did not finish in {CARRY_WAIT_SEC} s:\n{log[-2000:]}\n{run.diagnose(g.app)}")
+        return None
+    after = row_counts(db, config.database.name)
+    error_sec, failed_polls = poller.error_seconds()
+    check_rows(step, g.seeded, before_local, after)
+    # The local copy is retired only after the verification, and kept on disk.
+    lines = [line for line in log.splitlines() if carry.CARRY_LOG_PREFIX in line]
+    verified = next((i for i, line in enumerate(lines) if "verified:" in line), None)
+    retired = next((i for i, line in enumerate(lines) if "retired the local PostgreSQL" in line), None)
+    if verified is None or retired is None or retired < verified:
+        step.fail(f"the local PostgreSQL was not retired after the verification: {lines}")
+    state = g.app.run("systemctl is-enabled postgresql.service; systemctl is-active postgresql.service; "
+                      f"test -f {render.PG_DATA_DIR}/PG_VERSION && echo files-kept", check=False).stdout.split()
+    if state[:3] != ["disabled", "inactive", "files-kept"]:
+        step.fail(f"the local PostgreSQL after the carry: {state} (expected disabled, inactive, files kept)")
+    visits = run.visits(g.app, app_server)
+    if visits is None or visits <= g.visits:
+        step.fail(f"visits {g.visits} before, {visits} after: the app lost data or does not answer")
+    copy_line = next((line for line in lines if "the copy took" in line), "")
+    copy_seconds = copy_line.split("the copy took", 1)[1].split()[0] if copy_line else ""
+    step.numbers.update({"rows": sum(after.values()), "error_seconds": round(error_sec, 2),
+                         "failed_polls": failed_polls, "polls": len(poller.results),
+                         "carry_seconds": float(copy_seconds) if copy_seconds.replace(".", "").isdigit() else None,
+                         "metadata_to_served_seconds": round(took, 1),
+                         "database_bytes": int(sql(db, config.database.name,
+                                                   f"SELECT pg_database_size('{config.database.name}')"))})
+    step.facts.append(f"{sum(after.values())} rows in {len(after)} tables equal on both sides")
+    step.facts.append(f"errors seen by a client polling every 100 ms: {error_sec:.1f} s ({failed_polls} failed polls)")
+    step.facts.append(f"new metadata to new database served in {took:.0f} s"
+                      + (f" ({copy_line.split('the copy took', 1)[1].strip()} copy)" if copy_line else ""))
+    step.facts.append("local PostgreSQL retired after the verification, files kept")
+    return Growth(env, g.app, db, g.seeded, visits or 0, template)
+
+
+def check_rows(step: Step, seeded: dict[str, int], before: dict[str, int], after: dict[str, int]) -> None:
+    for table, rows in seeded.items():
+        if after.get(table) != rows:
+            step.fail(f"{table}: {rows} rows seeded, {after.get(table)} now")
+    for table, rows in before.items():
+        # The app's own tables may only grow (visits count, release runs); every other table is equal.
+        if table in seeded:
+            continue
+        if after.get(table) is None or after[table] < rows:
+            step.fail(f"{table}: {rows} rows before, {after.get(table)} after")
+    step.rows_checked += sum(after.get(t, 0) for t in before)
+
+
+def grow_fleet_stage(g: Growth, stage: int, workdir: Path, step: Step) -> Growth | None:
+    """2 -> 3 or 3 -> 4: no data holder may change; a server of the new stage serves the same rows."""
+    raw = raw_at(stage)
+    config = synth.parse(ENVIRONMENT, raw)
+    assembly = synth.synthesize([config], workdir / f"cdk.out.stage{stage}")
+    template = tpl.load(assembly, config.stack_name)
+    plan = plan_between(g.template, template, config)
+    touched = [f for f in plan.data if f.fate in ("replaced", "deleted") and "database" in f.what.lower()
+               or f.loss]
+    if touched:
+        step.fail("make plan: " + "; ".join(f"{f.name}: {f.detail}" for f in touched))
+        return None
+    step.facts.append("plan: no data holder replaced or deleted")
+    env = g.env
+    env.assembly, env.template, env.raw, env.config = assembly, template, raw, config
+    env.servers = tpl.servers(template, env.stack)
+    env.create_resources(template["Resources"])
+    (db_server,) = [s for s in env.servers if s.kind == "database server"]
+    env.attributes[(db_server.logical_id, "PrivateIp")] = env.address("db")
+    env.enforce_security_groups(g.database, db_server.logical_id)
+    member = next(s for s in env.servers if s.is_app_server)
+    before = row_counts(g.database, config.database.name)
+    # The previous stage's app server goes: from here on the new stage's group serves.
+    g.app.poweroff(60)
+    c = env.container("broken" if stage == 3 else "app")  # a free slot of the environment
+    env.stage_server(c, member, assembly, template)
+    result = run.Result(ENVIRONMENT, member.kind)
+    if not run.boot_and_signal(c, member, result) or result.failures:
+        step.fail(f"the stage-{stage} server did not boot: {result.failures}")
+        return None
+    visits = run.visits(c, member)
+    after = row_counts(g.database, config.database.name)
+    check_rows(step, g.seeded, before, after)
+    if visits is None or visits <= g.visits:
+        step.fail(f"visits {g.visits} before, {visits} after")
+    step.facts.append(f"a stage-{stage} server signalled in {result.boot_to_signal_sec:.0f} s and serves "
+                      f"{sum(after.values())} rows in {len(after)} tables, all kept")
+    step.facts.append("the service moves to the load balancer's address (DNS): the client's errors are not "
+                      "measured here" if stage == 3 else "rolled by instance refresh (make rehearse-deploy)")
+    return Growth(env, c, g.database, g.seeded, visits or 0, template)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m rehearsal.grow", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", type=int, default=200_000,
+                        help="rows in the large table (about 250 bytes each; 4,300,000 is about 1 GiB)")
+    parser.add_argument("--only-first", action="store_true", help="only 1 -> 2 (the benchmark)")
+    parser.add_argument("--figures", type=Path, help="write the 1 -> 2 figures here (JSON)")
+    parser.add_argument("--floor", action="store_true",
+                        help="also time a plain pg_dump | psql of the same data between the same servers")
+    args = parser.parse_args(argv)
+    if os.geteuid() != 0:
+        say("growth rehearsal: needs root (systemd-nspawn, network namespaces)")
+        return 2
+    run.STATE.mkdir(parents=True, exist_ok=True)
+    lock = run.machine_lock("growth rehearsal")  # noqa: F841 - held until exit
+    started = time.monotonic()
+    left = ct.clean_leftovers(run.STATE / "run")
+    if left:
+        say(f"growth rehearsal: removed what an interrupted run left: {', '.join(left)}")
+    root = run.rehearsal_root()
+    workdir = STATE / "work"
+    workdir.mkdir(parents=True, exist_ok=True)
+    raw = raw_at(1)
+    config = synth.parse(ENVIRONMENT, raw)
+    assembly = synth.synthesize([config], workdir / "cdk.out.stage1")
+    template = tpl.load(assembly, config.stack_name)
+    wheels = run.wheelhouse(run.app_requirements(assembly, template))
+    ct.bridge_up()
+    emulator = run.Emulator()
+    env = run.Environment(ENVIRONMENT, raw, config, assembly, emulator, root, wheels, first_index=0)
+    steps: list[Step] = []
+    figures: dict = {}
+    try:
+        first = Step("stage 1")
+        steps.append(first)
+        env.prepare_aws()
+        server = next(s for s in env.servers if s.is_app_server)
+        app = env.container("app")
+        env.stage_server(app, server, assembly, template)
+        result = run.Result(ENVIRONMENT, server.kind)
+        if not run.boot_and_signal(app, server, result) or result.failures:
+            first.fail(f"the stage-1 server did not boot: {result.failures}")
+        else:
+            seeded = seed(app, config.database.name, config.database.user, args.events)
+            visits = run.visits(app, server) or 0
+            size = database_size(app, config.database.name)
+            first.facts.append(f"booted in {result.boot_to_signal_sec:.0f} s; seeded {sum(seeded.values())} rows "
+                               f"({', '.join(f'{t} {n}' for t, n in seeded.items())}), database {size}")
+            g: Growth | None = Growth(env, app, app, seeded, visits, template)
+            step = Step("1 -> 2")
+            steps.append(step)
+            g = grow_to_2(g, workdir, step, floor=args.floor)
+            figures = {"seeded_rows": sum(seeded.values()), "database_size": size, **step.numbers,
+                       "facts": step.facts, "failures": step.failures}
+            for stage in ((3, 4) if not args.only_first else ()):
+                if not g:
+                    break
+                step = Step(f"{stage - 1} -> {stage}")
+                steps.append(step)
+                g = grow_fleet_stage(g, stage, workdir, step)
+    except Exception as error:  # noqa: BLE001 - reported as the step's failure
+        crashed = Step("crash")
+        crashed.fail(repr(error))
+        steps.append(crashed)
+    finally:
+        if not os.environ.get("REHEARSAL_KEEP"):
+            env.cleanup()
+            emulator.stop()
+            ct.bridge_down()
+    for step in steps:
+        say(step.line())
+    say("not rehearsed: EC2 PostgreSQL -> RDS (nothing carries that data yet; `make plan` flags the step)")
+    say(f"growth rehearsal took {time.monotonic() - started:.0f} s")
+    if args.figures and figures:
+        args.figures.write_text(json.dumps(figures, indent=2))
+    failed = sum(1 for s in steps if s.failures)
+    say(f"growth rehearsal: {len(steps)} steps, {failed} failed, {sum(s.rows_checked for s in steps)} rows checked")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
