@@ -6,6 +6,8 @@ names the moto behaviour it corrects; drop it once the pinned moto fixes it.
 
 from __future__ import annotations
 
+import json
+import re
 import sys
 from typing import Any
 
@@ -202,17 +204,54 @@ def _signal_resource_is_recorded() -> None:
     CloudFormationResponse.signal_resource = signal_resource
 
 
-def _instance_tags_update_in_place() -> None:
-    """AWS::EC2::Instance: CloudFormation updates an instance's tags without interruption (the
-    single server's `app-version` tag changes with every app deploy). moto 5.2.5 has no update for
-    instances, so a stack update left the old tags on the server. Apply the template's tags to the
-    running instance and keep the instance, as EC2 does."""
+# Properties whose change makes CloudFormation replace an AWS::EC2::Instance ("Update requires: Replacement"
+# on https://docs.aws.amazon.com/AWSCloudFormation/latest/TemplateReference/aws-resource-ec2-instance.html;
+# the provider schema's createOnlyProperties say the same). Any other change (tags, UserData, InstanceType...)
+# updates the instance in place, with or without a stop and start.
+INSTANCE_REPLACED_BY = ("AvailabilityZone", "CpuOptions", "ElasticGpuSpecifications", "ElasticInferenceAccelerators",
+                        "EnclaveOptions", "HibernationOptions", "HostResourceGroupArn", "ImageId", "Ipv6AddressCount",
+                        "Ipv6Addresses", "KeyName", "LaunchTemplate", "LicenseSpecifications", "NetworkInterfaces",
+                        "PlacementGroupName", "PrivateIpAddress", "SecurityGroups", "SubnetId")
+
+
+def _instance_updates_as_cloudformation_does() -> None:
+    """AWS::EC2::Instance on a stack update, as CloudFormation does it. moto 5.2.5 has no update for
+    instances: the resource dropped out of the stack and the server kept its old tags. Now:
+    - a change to a property in INSTANCE_REPLACED_BY (compared as resolved, so a launch template's new
+      version counts, as it does on AWS) REPLACES the instance: a new one is launched, the Elastic IPs
+      associated with the old one move to it (CloudFormation updates an AWS::EC2::EIP whose InstanceId
+      refers to the replaced instance), and the old one is terminated;
+    - any other change keeps the instance and applies the template's tags to it (the single server's
+      `app-version` tag changes with every app deploy), as EC2 does without interruption."""
+    import copy
+
     from moto.ec2.models import ec2_backends
     from moto.ec2.models.instances import Instance
+
+    created = Instance.create_from_cloudformation_json.__func__
+
+    def resolved(cloudformation_json: Any) -> dict:
+        properties = cloudformation_json.get("Properties") or {}
+        return copy.deepcopy({key: properties.get(key) for key in INSTANCE_REPLACED_BY})
+
+    def create_from_cloudformation_json(cls, resource_name: str, cloudformation_json: Any, account_id: str,
+                                        region_name: str, **kwargs: Any):
+        instance = created(cls, resource_name, cloudformation_json, account_id, region_name, **kwargs)
+        instance.cfn_replaced_by = resolved(cloudformation_json)
+        return instance
 
     def update_from_cloudformation_json(cls, original_resource: Any, new_resource_name: str,
                                         cloudformation_json: Any, account_id: str, region_name: str):
         backend = ec2_backends[account_id][region_name]
+        before = getattr(original_resource, "cfn_replaced_by", None)
+        if before is not None and before != resolved(cloudformation_json):
+            replacement = create_from_cloudformation_json(cls, new_resource_name, cloudformation_json, account_id,
+                                                          region_name)
+            for address in list(backend.addresses):
+                if address.instance is not None and address.instance.id == original_resource.id:
+                    backend.associate_address(instance=replacement, address=address.public_ip, reassociate=True)
+            backend.terminate_instances([original_resource.id])
+            return replacement
         wanted = {t["Key"]: t["Value"] for t in (cloudformation_json.get("Properties") or {}).get("Tags") or []}
         current = dict(backend.tags.get(original_resource.id, {}))
         stale = {key: value for key, value in current.items() if key not in wanted and not key.startswith("aws:")}
@@ -222,7 +261,178 @@ def _instance_tags_update_in_place() -> None:
             backend.create_tags([original_resource.id], wanted)
         return original_resource
 
+    Instance.create_from_cloudformation_json = classmethod(create_from_cloudformation_json)
     Instance.update_from_cloudformation_json = classmethod(update_from_cloudformation_json)
+
+
+def _auto_scaling_group_updates_in_place() -> None:
+    """AWS::AutoScaling::AutoScalingGroup: CloudFormation replaces a group only when AutoScalingGroupName or
+    InstanceId changes; a new launch template version, sizes, subnets, target groups and tags are updated in
+    place ("Update requires: No interruption",
+    https://docs.aws.amazon.com/AWSCloudFormation/latest/TemplateReference/aws-resource-autoscaling-autoscalinggroup.html),
+    and the group's UpdatePolicy then rolls its instances. moto 5.2.5 deleted and re-created the group on
+    every update (a new name, so a new physical ID) where AWS keeps it. Update the group in place unless a
+    replacing property changed."""
+    from moto.autoscaling.models import FakeAutoScalingGroup, autoscaling_backends
+
+    replaced = FakeAutoScalingGroup.update_from_cloudformation_json.__func__
+
+    def update_from_cloudformation_json(cls, original_resource: Any, new_resource_name: str,
+                                        cloudformation_json: Any, account_id: str, region_name: str):
+        properties = cloudformation_json.get("Properties") or {}
+        name = properties.get("AutoScalingGroupName")
+        if (name and name != original_resource.name) or properties.get("InstanceId"):
+            return replaced(cls, original_resource, new_resource_name, cloudformation_json, account_id, region_name)
+        backend = autoscaling_backends[account_id][region_name]
+
+        def number(key: str) -> int | None:
+            return int(properties[key]) if properties.get(key) is not None else None
+
+        group = backend.update_auto_scaling_group(
+            name=original_resource.name, availability_zones=properties.get("AvailabilityZones", []),
+            desired_capacity=number("DesiredCapacity"), max_size=number("MaxSize"), min_size=number("MinSize"),
+            launch_config_name=properties.get("LaunchConfigurationName"),
+            launch_template=properties.get("LaunchTemplate", {}),
+            vpc_zone_identifier=",".join(properties.get("VPCZoneIdentifier", [])) or None,
+            health_check_period=number("HealthCheckGracePeriod"),
+            health_check_type=properties.get("HealthCheckType"),
+            new_instances_protected_from_scale_in=properties.get("NewInstancesProtectedFromScaleIn"),
+            mixed_instances_policy=properties.get("MixedInstancesPolicy") or None)
+        wanted_groups = set(properties.get("TargetGroupARNs", []))
+        current_groups = set(group.target_group_arns)
+        if current_groups - wanted_groups:
+            backend.detach_load_balancer_target_groups(group.name, sorted(current_groups - wanted_groups))
+        if wanted_groups - current_groups:
+            backend.attach_load_balancer_target_groups(group.name, sorted(wanted_groups - current_groups))
+        tags = [{**tag, "ResourceId": group.name, "ResourceType": "auto-scaling-group"}
+                for tag in properties.get("Tags", [])]
+        stale = [{**t, "ResourceId": group.name} for t in group.tags if t["Key"] not in {tag["Key"] for tag in tags}]
+        if stale:
+            backend.delete_tags(stale)
+        if tags:
+            backend.create_or_update_tags(tags)
+        return group
+
+    FakeAutoScalingGroup.update_from_cloudformation_json = classmethod(update_from_cloudformation_json)
+
+
+def _vpc_endpoint_updates_in_place() -> None:
+    """AWS::EC2::VPCEndpoint: CloudFormation updates an endpoint's route tables, subnets, security groups,
+    policy and private DNS in place, and replaces it only when ServiceName, VpcEndpointType or VpcId changes
+    (https://docs.aws.amazon.com/AWSCloudFormation/latest/TemplateReference/aws-resource-ec2-vpcendpoint.html).
+    moto 5.2.5 has no update for endpoints: an updated endpoint (the S3 gateway endpoint gains the private
+    subnets' route tables at stage 3) dropped out of the stack's resources. Modify it in place, or replace it
+    when a replacing property changed."""
+    from moto.ec2.models import ec2_backends
+    from moto.ec2.models.vpcs import VPCEndPoint
+
+    def update_from_cloudformation_json(cls, original_resource: Any, new_resource_name: str,
+                                        cloudformation_json: Any, account_id: str, region_name: str):
+        properties = cloudformation_json.get("Properties") or {}
+        endpoint_type = properties.get("VpcEndpointType") or "Gateway"
+        if (properties.get("ServiceName"), properties.get("VpcId"), endpoint_type) != \
+                (original_resource.service_name, original_resource.vpc_id, original_resource.vpc_endpoint_type):
+            backend = ec2_backends[account_id][region_name]
+            replacement = cls.create_from_cloudformation_json(new_resource_name, cloudformation_json, account_id,
+                                                              region_name)
+            backend.delete_vpc_endpoints([original_resource.id])
+            return replacement
+
+        def moved(key: str, current: list[str] | None) -> tuple[list[str], list[str]]:
+            wanted, now = list(properties.get(key) or []), list(current or [])
+            return [v for v in wanted if v not in now], [v for v in now if v not in wanted]
+
+        add_rt, remove_rt = moved("RouteTableIds", original_resource.route_table_ids)
+        add_subnets, remove_subnets = moved("SubnetIds", original_resource.subnet_ids)
+        add_sgs, remove_sgs = moved("SecurityGroupIds", original_resource.security_group_ids)
+        policy = properties.get("PolicyDocument")
+        original_resource.modify(policy_doc=json.dumps(policy) if isinstance(policy, dict) else policy,
+                                 add_subnets=add_subnets, remove_subnets=remove_subnets, add_route_tables=add_rt,
+                                 remove_route_tables=remove_rt, add_security_groups=add_sgs,
+                                 remove_security_groups=remove_sgs)
+        if properties.get("PrivateDnsEnabled") is not None:
+            original_resource.private_dns_enabled = properties["PrivateDnsEnabled"]
+        return original_resource
+
+    VPCEndPoint.update_from_cloudformation_json = classmethod(update_from_cloudformation_json)
+
+
+VERSION_ATTRIBUTES = ("LatestVersionNumber", "DefaultVersionNumber")
+
+
+def _updates_follow_references() -> None:
+    """CloudFormation updates a stack's resources in dependency order: a resource after every resource it
+    refers to (Ref, Fn::GetAtt, Fn::Sub), so a property that reads another resource's attribute (an instance's
+    LaunchTemplate version, a group's) sees the value the update gave it. moto 5.2.5 updated them in template
+    order, so the single server read its launch template's version before that template's update made a new
+    one. Order moto's modified resources by their references.
+
+    CloudFormation also updates a resource whose template text is unchanged when a value it reads changes;
+    moto 5.2.5 compared template text only. The one such value this app relies on: a launch template's
+    LatestVersionNumber/DefaultVersionNumber, which every update of that template moves (moto's update
+    makes a new version too), so a resource reading it is updated as well (an instance naming it is then
+    replaced, above)."""
+    from moto.cloudformation.parsing import ResourceMap
+
+    original = ResourceMap.build_resource_diff
+
+    def names(value: Any) -> set[str]:
+        found: set[str] = set()
+        if isinstance(value, dict):
+            if isinstance(value.get("Ref"), str):
+                found.add(value["Ref"])
+            att = value.get("Fn::GetAtt")
+            if isinstance(att, list) and att:
+                found.add(str(att[0]))
+            elif isinstance(att, str):
+                found.add(att.split(".")[0])
+            sub = value.get("Fn::Sub")
+            text = sub[0] if isinstance(sub, list) and sub else sub
+            if isinstance(text, str):
+                found |= {m.split(".")[0] for m in re.findall(r"\$\{([^!}][^}]*)\}", text)}
+            for inner in value.values():
+                found |= names(inner)
+        elif isinstance(value, list):
+            for inner in value:
+                found |= names(inner)
+        return found
+
+    def versions(value: Any) -> set[str]:
+        """The resources whose launch template version a value reads (Fn::GetAtt)."""
+        if isinstance(value, dict):
+            att = value.get("Fn::GetAtt")
+            if isinstance(att, str):
+                att = att.split(".", 1)
+            found = {str(att[0])} if isinstance(att, list) and len(att) == 2 and att[1] in VERSION_ATTRIBUTES \
+                else set()
+            return found.union(*(versions(inner) for inner in value.values()))
+        if isinstance(value, list):
+            return set().union(*(versions(inner) for inner in value))
+        return set()
+
+    def build_resource_diff(self, other_template: dict, parameters: dict | None = None) -> dict:
+        diff = original(self, other_template, parameters)
+        resources = other_template.get("Resources") or {}
+        templates = {name for name in diff["Modify"]
+                     if resources.get(name, {}).get("Type") == "AWS::EC2::LaunchTemplate"}
+        modified = diff["Modify"] + [name for name, spec in resources.items() if name not in diff["Modify"]
+                                     and name in self._resource_json_map and versions(spec) & templates]
+        ordered: list[str] = []
+
+        def visit(name: str, path: tuple[str, ...]) -> None:
+            if name in ordered or name in path:
+                return
+            for dependency in sorted(names(resources.get(name, {}))):
+                if dependency in modified:
+                    visit(dependency, (*path, name))
+            ordered.append(name)
+
+        for name in modified:
+            visit(name, ())
+        diff["Modify"] = ordered
+        return diff
+
+    ResourceMap.build_resource_diff = build_resource_diff
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -232,7 +442,10 @@ def main(argv: list[str] | None = None) -> None:
     _image_id_resolves_ssm_parameters_at_launch()
     _describe_stack_resource_returns_metadata()
     _signal_resource_is_recorded()
-    _instance_tags_update_in_place()
+    _instance_updates_as_cloudformation_does()
+    _auto_scaling_group_updates_in_place()
+    _vpc_endpoint_updates_in_place()
+    _updates_follow_references()
     from moto.server import main as moto_main
 
     moto_main(argv if argv is not None else sys.argv[1:])
