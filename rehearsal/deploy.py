@@ -8,7 +8,9 @@ by tools.rollout), under steady load:
   good  v2 over v1: 0 failed requests, never fewer than FLEET_SIZE servers in service;
   bad   v3 boots and passes its health check but answers 500: the template's 5xx-rate alarm rule,
         fed the balancer's counts, fires; the refresh fails and rolls back to v2, 0 failed;
-  release  the release command ran once per version across the fleet (when config has one).
+  release  the release command ran once per version across the fleet (when config has one);
+  failing release  v4's release command fails: its first server fails cfn-init before its app starts,
+        the refresh fails, v2 keeps serving with 0 failed requests, and nothing records v4's release.
 Stages 1-2 (dev, and dev grown to stage 2 with the ASGI app): the in-place update cfn-hup applies,
 under load (rehearsal.run.in_place_update), 0 failed.
 
@@ -246,13 +248,15 @@ def p99_ms(responses: list[Response]) -> float:
     return percentile([r.latency_sec for r in responses if r.ok], 0.99) * 1000
 
 
-def release_runs(db: ct.Container, database: str) -> dict[str, int] | None:
-    """How many times the release command ran, per APP_VERSION (the sample apps' release_runs
-    table); None when the app has no such table (no release command configured)."""
-    out = db.run(f"cd / && runuser -u postgres -- psql -d {database} -qtA -F' ' -c "
+def release_runs(db: ct.Container, config) -> dict[str, int] | None:
+    """How many times the release command ran, per APP_VERSION (the sample apps' release_runs table);
+    None when config has no release command. A table that cannot be read is the scenario's failure."""
+    if not config.app.release_command:
+        return None
+    out = db.run(f"cd / && runuser -u postgres -- psql -p {config.database.port} -d {config.database.name} -qtA -F' ' -c "
                  "\"SELECT version, count(*) FROM release_runs GROUP BY version\"", check=False)
     if out.returncode != 0:
-        return None
+        raise ct.RehearsalError(f"release_runs could not be read on {db.name}: {out.stderr.strip()}")
     return {line.split()[0]: int(line.split()[1]) for line in out.stdout.splitlines() if line.strip()}
 
 
@@ -309,7 +313,7 @@ def rehearse_fleet(emulator: run.Emulator, root: Path, workdir: Path, scenarios:
             return figures
         first.facts.append(f"{FLEET_SIZE} servers in service in {time.monotonic() - started:.0f} s "
                            "(booted together: the release command raced for its lock)")
-        runs = release_runs(db, config.database.name)
+        runs = release_runs(db, config)
         if runs is not None:
             check_release_once(first, runs, "v1", v1.app_version)
 
@@ -321,7 +325,7 @@ def rehearse_fleet(emulator: run.Emulator, root: Path, workdir: Path, scenarios:
         scenarios.append(good)
         report, load = deploy_under_load(fleet, balancer, alarms, "v2", settings, timing)
         figures = judge_good(good, report, load, balancer, fleet, before_p99, settings)
-        runs = release_runs(db, config.database.name)
+        runs = release_runs(db, config)
         if runs is not None:
             release = Scenario("release command")
             scenarios.append(release)
@@ -335,7 +339,7 @@ def rehearse_fleet(emulator: run.Emulator, root: Path, workdir: Path, scenarios:
         if "v4" in versions and not bad.failures:
             failing = Scenario("failing release v4")
             scenarios.append(failing)
-            judge_failing_release(failing, fleet, balancer, alarms, settings, timing, db, config.database.name,
+            judge_failing_release(failing, fleet, balancer, alarms, settings, timing, db, config,
                                   versions["v4"].app_version)
         return figures
     finally:
@@ -444,7 +448,7 @@ def judge_bad(scenario: Scenario, fleet: RehearsalFleet, balancer: Balancer, ala
 
 
 def judge_failing_release(scenario: Scenario, fleet: RehearsalFleet, balancer: Balancer, alarms: AlarmEvaluator,
-                          settings: RolloutSettings, timing: Timing, db: ct.Container, database: str,
+                          settings: RolloutSettings, timing: Timing, db: ct.Container, config,
                           app_version: str) -> None:
     """v4's release command fails: its first server's cfn-init fails before the app starts, the refresh
     fails, and v2 keeps serving, untouched."""
@@ -469,7 +473,7 @@ def judge_failing_release(scenario: Scenario, fleet: RehearsalFleet, balancer: B
     served = fleet.versions_served()
     if served != {"v2": FLEET_SIZE}:
         scenario.fail(f"the fleet runs {served}; v2 should have kept serving")
-    runs = release_runs(db, database) or {}
+    runs = release_runs(db, config) or {}
     if runs.get(app_version):
         scenario.fail(f"a failed release was recorded as run for v4: {runs}")
     else:
