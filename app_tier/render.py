@@ -371,11 +371,13 @@ def app_server_commands(layout: ServerLayout, database: DatabaseEndpoint | None 
              f" && systemctl enable --now {sockets} && systemctl enable {units} && systemctl restart {units}")
     if layout.app.secrets:  # read them again: an update may have changed which secrets the app gets
         start = start.replace("systemctl restart", f"systemctl restart {FETCH_APP_SECRETS_UNIT} && systemctl restart", 1)
+    if database is not None and database.secret_arn:  # and the password: 1 -> 2 moves to a new database's secret
+        start = start.replace("systemctl restart", f"systemctl restart {FETCH_PASSWORD_UNIT} && systemctl restart", 1)
     if layout.proxy:
         start += " && systemctl enable nginx.service && systemctl reload-or-restart nginx.service"
     # The release runs with what the app gets: the password and the app's secrets, read first (at the
     # first boot nothing has started their units yet; on an update the secrets may have changed).
-    fetch = [f"systemctl start {FETCH_PASSWORD_UNIT}"] if database is not None and database.secret_arn else []
+    fetch = [f"systemctl restart {FETCH_PASSWORD_UNIT}"] if database is not None and database.secret_arn else []
     fetch += [f"systemctl restart {FETCH_APP_SECRETS_UNIT}"] if layout.app.secrets else []
     release = [("24-app-release", " && ".join(["systemctl daemon-reload", *fetch, RELEASE_SCRIPT]))] \
         if layout.app.release_command else []

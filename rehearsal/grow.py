@@ -216,8 +216,10 @@ def grow_to_2(g: Growth, workdir: Path, step: Step, *, floor: bool = False) -> G
     if not run.boot_and_signal(db, db_server, result) or result.failures:
         step.fail(f"the database server did not boot: {result.failures}")
         return None
-    # The app server's security groups as stage 2 has them (it now reaches the database server).
+    # The app server's security groups as stage 2 has them (it now reaches the database server), and what
+    # CloudFormation resolves in its new metadata (the new database's secret).
     env.enforce_security_groups(g.app, app_server.logical_id)
+    g.app.refs.update({k: v for k, v in env.refs.items() if k not in g.app.refs})
 
     if floor:
         step.numbers["floor_seconds"] = measure_floor(g, db, config)

@@ -303,10 +303,14 @@ def test_the_release_command_runs_before_the_new_version_starts():
     server = render.app_server_bootstrap(layout, DATABASE, app_version="0123456789ab")
     names = [name for name, _ in server.commands]
     assert names.index("24-app-release") == names.index("25-app-start") - 1
-    # The password and the app's secrets are read before it: at first boot nothing else has started them.
+    # The password and the app's secrets are read (again) before it: at first boot nothing else has started
+    # them, and an update may have changed them (1 -> 2 moves the app to a new database and its secret).
     assert dict(server.commands)["24-app-release"] == (
-        f"systemctl daemon-reload && systemctl start {render.FETCH_PASSWORD_UNIT} && "
+        f"systemctl daemon-reload && systemctl restart {render.FETCH_PASSWORD_UNIT} && "
         f"systemctl restart {render.FETCH_APP_SECRETS_UNIT} && {render.RELEASE_SCRIPT}")
+    # The app's start reads them again too, with or without a release command.
+    start = dict(server.commands)["25-app-start"]
+    assert start.index(f"systemctl restart {render.FETCH_PASSWORD_UNIT}") < start.index("systemctl restart app.service")
     assert "postgresql15" in server.packages
     assert server.files[render.APP_VERSION_FILE].content == "0123456789ab\n"
     assert server.files[render.RELEASE_SCRIPT].mode == "000700"
