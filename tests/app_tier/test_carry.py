@@ -1,0 +1,169 @@
+"""The 1 -> 2 carry for real: the script a growing stage-2 app server runs first (app_tier/carry.py),
+rendered with lab paths and run against two real PostgreSQL servers: the stage-1 server's own (reached
+as its admin over the local socket, as `runuser -u postgres` reaches it on a server) and the new
+database (over TCP with the app's role and password, as from the app server). Stand-ins, on PATH:
+`systemctl` (records what it is asked; the units are not under test here), `aws` (prints the target's
+secret) and `runuser` (runs the command as the lab database's admin). The happy path on real servers
+with systemd is the growth rehearsal's (rehearsal/grow.py)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from app_tier import carry, render
+from app_tier.lab import LabDatabase, find_postgres_bin, free_port
+
+pytestmark = pytest.mark.lab
+PASSWORD = "s3cret:with\\odd"  # a colon and a backslash: pgpass escaping
+
+
+def _database(tmp_path: Path, name: str) -> LabDatabase:
+    db = LabDatabase(tmp_path / name, render.DatabaseEndpoint(host="127.0.0.1", port=free_port()), PASSWORD)
+    db.create()
+    return db
+
+
+@pytest.fixture
+def servers(lab_tools):
+    # As the lab does: a directory under the system's temp dir, which PostgreSQL's unprivileged user can reach.
+    base = Path(tempfile.mkdtemp(prefix="webapp-carry-"))
+    base.chmod(0o755)
+    source, target = _database(base, "source"), _database(base, "target")
+    yield source, target
+    for db in (source, target):
+        if db.is_running():
+            db.stop()
+    shutil.rmtree(base, ignore_errors=True)
+
+
+def psql(db: LabDatabase, query: str, *, as_admin: bool = False) -> str:
+    user = ["-U", db.admin, "-h", str(db.dir)] if as_admin else ["-U", "app", "-h", "127.0.0.1"]
+    # The admin connects over the socket by peer authentication, as its own OS user.
+    runner = ["/usr/sbin/runuser", "-u", db.admin, "--"] if as_admin and os.geteuid() == 0 else []
+    out = subprocess.run([*runner, str(db.bin / "psql"), "-X", "-qtA", "-v", "ON_ERROR_STOP=1", *user, "-p",
+                          str(db.database.port), "-d", "app", "-c", query], env={"PGPASSWORD": PASSWORD},
+                         capture_output=True, text=True, check=True)
+    return out.stdout.strip()
+
+
+def seed(db: LabDatabase) -> None:
+    psql(db, "CREATE TABLE customers (id bigint PRIMARY KEY, name text NOT NULL);"
+             "CREATE TABLE orders (id bigint PRIMARY KEY, customer_id bigint NOT NULL REFERENCES customers (id));"
+             "INSERT INTO customers SELECT g, 'c' || g FROM generate_series(1, 300) g;"
+             "INSERT INTO orders SELECT g, 1 + g % 300 FROM generate_series(1, 1000) g;")
+
+
+def stub(directory: Path, name: str, body: str) -> None:
+    path = directory / name
+    path.write_text("#!/bin/bash\n" + body)
+    path.chmod(path.stat().st_mode | stat.S_IXUSR)
+
+
+def run_carry(tmp_path: Path, source: LabDatabase, target: LabDatabase, *, data_dir: Path | None = None):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    log = tmp_path / "systemctl.log"
+    stub(bin_dir, "systemctl", f'echo "$*" >> {log}\n'
+                               '[ "$1" = show ] && echo loaded\nexit 0\n')
+    stub(bin_dir, "aws", f"echo '{{\"password\": \"{PASSWORD.replace(chr(92), chr(92) * 2)}\"}}'\n")
+    # runuser -u postgres -- CMD...: CMD as the lab database's admin, over its socket directory.
+    stub(bin_dir, "runuser", f'shift 3\nexec /usr/sbin/runuser -u {source.admin} -- env PGHOST={source.dir} '
+                             f'PGPORT={source.database.port} PGUSER={source.admin} PATH="$PATH" "$@"\n')
+    target_env = tmp_path / "carry-target.env"
+    target_env.write_text(carry.target_file(render.DatabaseEndpoint(
+        host="127.0.0.1", port=target.database.port, secret_arn="arn:aws:secretsmanager:ap-northeast-2:1:secret:db")))
+    script = tmp_path / "carry.sh"
+    script.write_text(carry.carry_script(render.ServerLayout(), target=str(target_env),
+                                         record=str(tmp_path / "record" / "carried"),
+                                         pg_data_dir=str(data_dir or source.data), work_dir=str(tmp_path / "run")))
+    env = {"PATH": f"{bin_dir}:{find_postgres_bin()}:/usr/bin:/bin", "HOME": str(tmp_path)}
+    result = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=120, check=False)
+    calls = log.read_text().splitlines() if log.exists() else []
+    return result, calls
+
+
+def counts(db: LabDatabase) -> dict[str, int]:
+    return {t: int(psql(db, f"SELECT count(*) FROM {t}")) for t in ("customers", "orders")}
+
+
+def test_the_carry_copies_verifies_and_only_then_retires_the_local_database(servers, tmp_path):
+    source, target = servers
+    seed(source)
+    result, calls = run_carry(tmp_path, source, target)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert counts(target) == counts(source) == {"customers": 300, "orders": 1000}
+    # The foreign key came across too.
+    with pytest.raises(subprocess.CalledProcessError):
+        psql(target, "INSERT INTO orders VALUES (5000, 999999)")
+    record = (tmp_path / "record" / "carried").read_text()
+    assert "2 tables, 1300 rows" in record and "customers 300" in record
+    assert psql(target, "SELECT count(*) FROM pg_namespace WHERE nspname = 'webapp_carry'") == "0"
+    # The app stops before the copy; the local server is retired after the verification, never before.
+    stop = calls.index("stop app.socket app.service")
+    assert calls.index("disable --now postgresql.service") > stop
+    lines = result.stdout.splitlines()
+    assert [i for i, line in enumerate(lines) if "verified:" in line] < \
+        [i for i, line in enumerate(lines) if "retired the local PostgreSQL" in line]
+    assert PASSWORD not in result.stdout + result.stderr
+    # A second run does nothing.
+    again, calls = run_carry(tmp_path, source, target)
+    assert again.returncode == 0 and "already carried" in again.stdout and calls[-1] == "disable --now postgresql.service"
+
+
+def test_a_target_holding_other_data_is_refused_and_the_app_starts_again_on_the_local_database(servers, tmp_path):
+    source, target = servers
+    seed(source)
+    psql(target, "CREATE TABLE theirs (id int); INSERT INTO theirs VALUES (1)")
+    result, calls = run_carry(tmp_path, source, target)
+    assert result.returncode != 0 and "REFUSED" in result.stdout
+    assert psql(target, "SELECT count(*) FROM theirs") == "1"  # untouched
+    assert calls[-1] == "start app.socket app.service" and "disable --now postgresql.service" not in calls
+    assert not (tmp_path / "record" / "carried").exists()
+
+
+def test_an_unfinished_earlier_carry_is_copied_again_with_what_changed_since(servers, tmp_path):
+    source, target = servers
+    seed(source)
+    first, _ = run_carry(tmp_path, source, target)
+    assert first.returncode == 0
+    # As if that run had stopped after its copy, before its record: the marker is back, the record gone,
+    # and the local database took writes meanwhile (the app ran on it again after the failure).
+    source_id = psql(source, "SELECT system_identifier FROM pg_control_system()", as_admin=True)
+    psql(target, f"CREATE SCHEMA webapp_carry; CREATE TABLE webapp_carry.source (source text);"
+                 f"INSERT INTO webapp_carry.source VALUES ('{source_id}')")
+    (tmp_path / "record" / "carried").unlink()
+    psql(source, "INSERT INTO customers VALUES (301, 'late')")
+    again, _ = run_carry(tmp_path, source, target)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "copying again" in again.stdout and counts(target)["customers"] == 301
+
+
+def test_no_local_data_is_nothing_to_carry_but_an_unreachable_local_database_stops_the_carry(servers, tmp_path):
+    source, target = servers
+    empty = tmp_path / "no-data"
+    empty.mkdir()
+    result, calls = run_carry(tmp_path, source, target, data_dir=empty)
+    assert result.returncode == 0 and "nothing to carry" in result.stdout and not calls
+    seed(source)
+    source.stop()
+    result, calls = run_carry(tmp_path, source, target)
+    assert result.returncode != 0 and "nothing to carry" not in result.stdout
+    assert not (tmp_path / "record" / "carried").exists() and "stop app.socket app.service" not in calls
+    assert psql(target, "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'") == "0"
+
+
+def test_the_rendered_script_is_root_only_and_names_no_secret():
+    bootstrap = carry.carry_bootstrap(render.ServerLayout(), render.DatabaseEndpoint(
+        host="10.0.0.5", secret_arn="arn:aws:secretsmanager:ap-northeast-2:1:secret:db"))
+    assert bootstrap.files[carry.CARRY_SCRIPT].mode == "000700"
+    assert bootstrap.files[carry.CARRY_TARGET].mode == "000600"
+    assert bootstrap.commands == [("carry-local-database", carry.CARRY_SCRIPT)]
+    assert subprocess.run(["bash", "-n"], input=bootstrap.files[carry.CARRY_SCRIPT].content, text=True).returncode == 0
+    assert os.path.basename(carry.CARRY_SCRIPT) == "carry-local-database"
