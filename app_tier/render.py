@@ -516,7 +516,9 @@ def _app_socket(layout: ServerLayout, *, bind: str) -> str:
 
 
 # nginx stops gracefully on SIGQUIT (finishing in-flight requests, worker_shutdown_timeout at most);
-# SIGTERM, systemd's default and the stock unit's, is its fast shutdown, which drops them.
+# SIGTERM, systemd's default, is its fast shutdown, which drops them. The distributions' units already
+# stop it with QUIT but give it about 5 s (Fedora's, hence AL2023's: KillSignal=SIGQUIT, TimeoutStopSec=5;
+# Debian's: --retry QUIT/5); this drop-in keeps the signal whatever the unit says and waits the drain out.
 NGINX_GRACEFUL_STOP = f"""# Rendered by app_tier/render.py: stop nginx gracefully (SIGQUIT), finishing in-flight requests.
 [Service]
 KillSignal=SIGQUIT
