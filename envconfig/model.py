@@ -379,19 +379,24 @@ def _app_source(source: str) -> str:
 RELEASE_COMMAND_PLACEHOLDERS = render.RELEASE_COMMAND_PLACEHOLDERS
 
 
-def _start_command(command: str) -> str:
-    allowed = ("one command line serving the inherited listening socket: {fd} (e.g. uvicorn --fd {fd}) or "
-               "gunicorn; placeholders {fd}, {bind}, {host}, {port}, {app_root}")
-    if "\n" in command or "\r" in command:
+def _command_line(command: str, allowed: str, placeholders: tuple[str, ...]) -> None:
+    """One line, and only the placeholders given (no format spec or conversion)."""
+    if "\n" in command or "\r" in command or "\0" in command:
         raise problem(f"got a command of {len(command.splitlines())} lines; allowed: {allowed}")
     try:
         fields = [(name, spec, conv) for _, name, spec, conv in string.Formatter().parse(command) if name is not None]
     except ValueError as err:
         raise problem(f"got {command!r} ({err}); allowed: {allowed}, and {{{{ or }}}} for a literal brace") from None
     unknown = ["{" + name + (f"!{conv}" if conv else "") + (f":{spec}" if spec else "") + "}"
-               for name, spec, conv in fields if name not in START_COMMAND_PLACEHOLDERS or spec or conv]
+               for name, spec, conv in fields if name not in placeholders or spec or conv]
     if unknown:
         raise problem(f"got {command!r} with {', '.join(unknown)}; allowed: {allowed}")
+
+
+def _start_command(command: str) -> str:
+    allowed = ("one command line serving the inherited listening socket: {fd} (e.g. uvicorn --fd {fd}) or "
+               "gunicorn; placeholders {fd}, {bind}, {host}, {port}, {app_root}")
+    _command_line(command, allowed, START_COMMAND_PLACEHOLDERS)
     if render.start_command_problem(command):
         raise problem(f"got {command!r}, which does not serve the listening socket systemd passes as file "
                       f"descriptor 3 (a restart would refuse connections); allowed: {allowed}")
@@ -401,16 +406,7 @@ def _start_command(command: str) -> str:
 def _release_command(command: str) -> str:
     allowed = ("\"\" (none) or one shell command line, run once per deploy before the new version takes traffic; "
                "placeholder {app_root}")
-    if "\n" in command or "\r" in command or "\0" in command:
-        raise problem(f"got a command of {len(command.splitlines())} lines; allowed: {allowed}")
-    try:
-        fields = [(name, spec, conv) for _, name, spec, conv in string.Formatter().parse(command) if name is not None]
-    except ValueError as err:
-        raise problem(f"got {command!r} ({err}); allowed: {allowed}, and {{{{ or }}}} for a literal brace") from None
-    unknown = ["{" + name + (f"!{conv}" if conv else "") + (f":{spec}" if spec else "") + "}"
-               for name, spec, conv in fields if name not in RELEASE_COMMAND_PLACEHOLDERS or spec or conv]
-    if unknown:
-        raise problem(f"got {command!r} with {', '.join(unknown)}; allowed: {allowed}")
+    _command_line(command, allowed, RELEASE_COMMAND_PLACEHOLDERS)
     if command and not command.strip():
         raise problem(f"got {command!r}, only spaces; allowed: {allowed}")
     return command

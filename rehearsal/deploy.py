@@ -538,13 +538,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         say(f"deploy rehearsal: {error}")
         return 2
-    run.STATE.mkdir(parents=True, exist_ok=True)
-    lock = run.machine_lock("deploy rehearsal")  # noqa: F841 - held until exit
     started = time.monotonic()
-    left = ct.clean_leftovers(run.STATE / "run")
-    if left:
-        say(f"deploy rehearsal: removed what an interrupted run left: {', '.join(left)}")
-    root = run.rehearsal_root()
+    lock, root = run.claim_machine("deploy rehearsal")  # noqa: F841 - the lock is held until exit
     workdir = STATE / "work"
     workdir.mkdir(parents=True, exist_ok=True)
     ct.bridge_up()

@@ -353,13 +353,8 @@ def main(argv: list[str] | None = None) -> int:
     if os.geteuid() != 0:
         say("growth rehearsal: needs root (systemd-nspawn, network namespaces)")
         return 2
-    run.STATE.mkdir(parents=True, exist_ok=True)
-    lock = run.machine_lock("growth rehearsal")  # noqa: F841 - held until exit
     started = time.monotonic()
-    left = ct.clean_leftovers(run.STATE / "run")
-    if left:
-        say(f"growth rehearsal: removed what an interrupted run left: {', '.join(left)}")
-    root = run.rehearsal_root()
+    lock, root = run.claim_machine("growth rehearsal")  # noqa: F841 - the lock is held until exit
     workdir = STATE / "work"
     workdir.mkdir(parents=True, exist_ok=True)
     raw = raw_at(1)

@@ -848,6 +848,17 @@ def machine_lock(who: str):
     return lock
 
 
+def claim_machine(who: str):
+    """What every rehearsal starts with: the machine's lock (held while the returned file stays open),
+    what an interrupted run left removed, and the cached root built. Returns (lock, root)."""
+    STATE.mkdir(parents=True, exist_ok=True)
+    lock = machine_lock(who)
+    left = ct.clean_leftovers(STATE / "run")
+    if left:
+        say(f"{who}: removed what an interrupted run left: {', '.join(left)}")
+    return lock, rehearsal_root()
+
+
 def main(env_names: list[str] | None) -> int:
     if os.geteuid() != 0:
         say("rehearsal: needs root (systemd-nspawn, network namespaces, loop devices)")
