@@ -26,7 +26,7 @@ import socket
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from app_tier.loadgen import Load, Response, percentile
@@ -54,19 +54,9 @@ def say(message: str) -> None:
     print(message, flush=True)
 
 
-@dataclass
-class Scenario:
-    name: str
-    facts: list[str] = field(default_factory=list)
-    failures: list[str] = field(default_factory=list)
-
-    def fail(self, why: str) -> None:
-        self.failures.append(why)
-
+class Scenario(run.Outcome):
     def line(self) -> str:
-        status = "ok" if not self.failures else "FAILED"
-        text = f"deploy rehearsal: {self.name:<22} {status:<6} {'; '.join(self.facts)}"
-        return text + "".join(f"\n           - {f}" for f in self.failures)
+        return self.report("deploy rehearsal", 22)
 
 
 @dataclass

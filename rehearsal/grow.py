@@ -53,20 +53,12 @@ def say(message: str) -> None:
 
 
 @dataclass
-class Step:
-    name: str
-    facts: list[str] = field(default_factory=list)
-    failures: list[str] = field(default_factory=list)
+class Step(run.Outcome):
     rows_checked: int = 0
     numbers: dict = field(default_factory=dict)   # the benchmark's figures (bench/grow.py)
 
-    def fail(self, why: str) -> None:
-        self.failures.append(why)
-
     def line(self) -> str:
-        status = "ok" if not self.failures else "FAILED"
-        return (f"growth rehearsal: {self.name:<8} {status:<6} {'; '.join(self.facts)}"
-                + "".join(f"\n           - {f}" for f in self.failures))
+        return self.report("growth rehearsal", 8)
 
 
 def raw_at(stage: int) -> dict:

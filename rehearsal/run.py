@@ -95,6 +95,23 @@ class Result:
         return text + "".join(f"\n           - {f}" for f in self.failures)
 
 
+@dataclass
+class Outcome:
+    """One scenario or step of the deploy and growth rehearsals: what it saw, and what failed."""
+
+    name: str
+    facts: list[str] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+
+    def fail(self, why: str) -> None:
+        self.failures.append(why)
+
+    def report(self, rehearsal: str, width: int) -> str:
+        status = "ok" if not self.failures else "FAILED"
+        return (f"{rehearsal}: {self.name:<{width}} {status:<6} {'; '.join(self.facts)}"
+                + "".join(f"\n           - {f}" for f in self.failures))
+
+
 # --- the emulator ----------------------------------------------------------------------------
 
 
