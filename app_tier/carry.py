@@ -80,7 +80,9 @@ finish() {{
 }}
 trap finish EXIT
 
-local_sql() {{ (cd / && runuser -u postgres -- psql -X -qtA -v ON_ERROR_STOP=1 -d "${{2:-$TARGET_DB}}" -c "$1"); }}
+# PostgreSQL's own account, as the owner of its data directory: the superuser over the local socket.
+pg_admin=$(stat -c %U {pg_data_dir})
+local_sql() {{ (cd / && runuser -u "$pg_admin" -- psql -X -qtA -v ON_ERROR_STOP=1 -d "${{2:-$TARGET_DB}}" -c "$1"); }}
 target_sql() {{ PGPASSFILE="$work/pgpass" psql -X -qtA -v ON_ERROR_STOP=1 -h "$TARGET_HOST" -p "$TARGET_PORT" \\
   -U "$TARGET_USER" -d "$TARGET_DB" -c "$1"; }}
 COUNT_TABLES="SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"
@@ -91,7 +93,7 @@ ROW_COUNTS="SELECT string_agg(format('%s %s', t, (xpath('/row/c/text()',
 
 systemctl start postgresql.service
 # Whether the app's database exists here: only a query that succeeded may say "no" (an error stops the carry).
-exists=$(local_sql "SELECT count(*) FROM pg_database WHERE datname = '$TARGET_DB'" postgres)
+exists=$(local_sql "SELECT count(*) FROM pg_database WHERE datname = '$TARGET_DB'" template1)
 if [ "$exists" = 0 ]; then say "no local database $TARGET_DB: nothing to carry"; exit 0; fi
 if [ "$(local_sql "$COUNT_TABLES")" = 0 ]; then say "the local database has no tables: nothing to carry"; exit 0; fi
 source_id=$(local_sql "SELECT system_identifier FROM pg_control_system()")
@@ -121,7 +123,7 @@ if [ "$(target_sql "$COUNT_TABLES")" != 0 ]; then
   target_sql "DROP SCHEMA public CASCADE; CREATE SCHEMA public; DROP SCHEMA {MARKER_SCHEMA} CASCADE" >/dev/null
 fi
 local_counts=$(local_sql "$ROW_COUNTS")
-{{ (cd / && runuser -u postgres -- pg_dump --no-owner --no-privileges -d "$TARGET_DB")
+{{ (cd / && runuser -u "$pg_admin" -- pg_dump --no-owner --no-privileges -d "$TARGET_DB")
   echo "CREATE SCHEMA {MARKER_SCHEMA}; CREATE TABLE {MARKER_SCHEMA}.source (source text NOT NULL);"
   echo "INSERT INTO {MARKER_SCHEMA}.source VALUES ('$source_id');"
 }} | PGPASSFILE="$work/pgpass" psql -X -q -v ON_ERROR_STOP=1 --single-transaction -h "$TARGET_HOST" \\

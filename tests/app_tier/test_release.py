@@ -23,14 +23,16 @@ def lab(lab_tools):
 def release(lab: Lab, tmp_path: Path, version: str, *, exit_code: int = 0,
             host: str = "server") -> subprocess.CompletedProcess:
     """Render the server's release script with lab paths and run it as a server would."""
-    (tmp_path / "version").write_text(version + "\n")
-    env_file = tmp_path / "app.env"
+    # Each server its own files: concurrent servers must not read a file another is rewriting.
+    version_file = tmp_path / f"version-{host}"
+    version_file.write_text(version + "\n")
+    env_file = tmp_path / f"app-{host}.env"
     env_file.write_text("".join(f"{k}={render.environment_file_value(v)}\n" for k, v in lab.env.items()
                                 if k.startswith("DB_")))
     command = tmp_path / "command"  # what the release command does: one line per run, then its exit code
     command.write_text(f'sleep 0.3; echo "$APP_VERSION $DB_NAME" >> {tmp_path}/runs; exit {exit_code}\n')
     script = render.release_script(lab.layout, lab.database, runner=f"bash {command}",
-                                   version_file=str(tmp_path / "version"), env_file=str(env_file),
+                                   version_file=str(version_file), env_file=str(env_file),
                                    password_file=lab.env["DB_PASSWORD_FILE"])
     path = tmp_path / f"release-{host}"
     path.write_text(script)
