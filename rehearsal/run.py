@@ -753,6 +753,7 @@ def in_place_update(env: Environment, config, c: ct.Container, server: tpl.Serve
     base = f"http://{c.address}:{server.service_port}/"
     load = Load(base, connections=4).start()  # "/": the app and its database, as users reach them
     started = time.monotonic()
+    started_at = time.time()  # signals carry the wall clock
     try:
         env.publish(c, server, assembly, template)
         deadline = time.monotonic() + 180
@@ -767,7 +768,7 @@ def in_place_update(env: Environment, config, c: ct.Container, server: tpl.Serve
     finally:
         load.stop()
     handle = c.cfn_stack.wait_for_signal(updated.wait_handle, UPDATE_SIGNAL_WAIT_SEC)
-    signalled_sec = (handle["time"] - started) if handle else None
+    signalled_sec = (handle["time"] - started_at) if handle else None
     failed = load.failures()
     longest_ms = max((r.latency_sec for r in load.responses), default=0.0) * 1000
     under_load = f"{len(load.responses)} requests under load, {len(failed)} failed, longest {longest_ms:.0f} ms"
@@ -835,14 +836,14 @@ def failed_update(env: Environment, config, c: ct.Container, applied: Applied, w
     version = server_app_version(c)
     base = f"http://{c.address}:{applied.server.service_port}/"
     load = Load(base, connections=4).start()
-    started = time.monotonic()
+    started = time.time()  # signals carry the wall clock
     try:
         env.publish(c, failing, assembly, template)
         signal = c.cfn_stack.wait_for_signal(failing.wait_handle, UPDATE_SIGNAL_WAIT_SEC)
         failed_sec = (signal["time"] - started) if signal else None
         status, during = http_get(base)
         # CloudFormation's rollback: the previous metadata again, which cfn-hup applies.
-        rollback_started = time.monotonic()
+        rollback_started = time.time()
         env.publish(c, applied.server, applied.assembly, applied.template)
         back = c.cfn_stack.wait_for_signal(applied.server.wait_handle, UPDATE_SIGNAL_WAIT_SEC)
         back_sec = (back["time"] - rollback_started) if back else None
