@@ -376,9 +376,12 @@ def app_server_commands(layout: ServerLayout, database: DatabaseEndpoint | None 
     if layout.proxy:
         start += " && systemctl enable nginx.service && systemctl reload-or-restart nginx.service"
     # The release runs with what the app gets: the password and the app's secrets, read first (at the
-    # first boot nothing has started their units yet; on an update the secrets may have changed).
-    fetch = [f"systemctl restart {FETCH_PASSWORD_UNIT}"] if database is not None and database.secret_arn else []
-    fetch += [f"systemctl restart {FETCH_APP_SECRETS_UNIT}"] if layout.app.secrets else []
+    # first boot nothing has started their units yet; on an update the secrets may have changed). Their
+    # scripts run directly, not by restarting their units: the app units Require= those, and systemd
+    # restarts a unit whose required unit is restarted, so the new code would start before the release ran
+    # (and keep serving after it failed). 25-app-start restarts the units, then the copies.
+    fetch = [f"(umask 077 && {FETCH_PASSWORD_SCRIPT})"] if database is not None and database.secret_arn else []
+    fetch += [f"(umask 077 && {FETCH_APP_SECRETS_SCRIPT})"] if layout.app.secrets else []
     release = [("24-app-release", " && ".join(["systemctl daemon-reload", *fetch, RELEASE_SCRIPT]))] \
         if layout.app.release_command else []
     return [

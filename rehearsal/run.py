@@ -44,6 +44,8 @@ ACCOUNT = "123456789012"
 CFN_HUP_POLL_SECONDS = 2
 LOAD_SECONDS = 5
 SIGNAL_WAIT_SEC = 420
+# An in-place update's signal to its wait condition handle: cfn-hup's poll (2 s here), cfn-init, the health gate.
+UPDATE_SIGNAL_WAIT_SEC = 180
 def standins_for(server: tpl.Server) -> list[str]:
     """The stand-ins a server's boot goes through, read from what the template hands it."""
     text = json.dumps([server.user_data, server.metadata])
@@ -167,6 +169,22 @@ class CfnStack:
     def set_metadata(self, logical_id: str, metadata: dict) -> None:
         self.resources[logical_id] = {"Type": self.TYPE, "Metadata": metadata}
         self.cf.update_stack(StackName=self.name, TemplateBody=self._body())
+
+    def add_wait_handles(self, template: dict) -> None:
+        """The template's wait condition handles, so a server's signal to one (the cfn-signal stand-in's
+        SignalResource) lands in this stack's events; they go in with the next set_metadata."""
+        for lid, resource in template["Resources"].items():
+            if resource["Type"] == tpl.WAIT_HANDLE:
+                self.resources.setdefault(lid, {"Type": self.TYPE})
+
+    def wait_for_signal(self, logical_id: str, timeout: float) -> dict | None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            signal = self.new_signal(logical_id)
+            if signal:
+                return signal
+            time.sleep(0.5)
+        return None
 
     def new_signal(self, logical_id: str) -> dict | None:
         """The first signal for the resource not seen before: {"status": "SUCCESS"|"FAILURE", "time"}."""
@@ -310,6 +328,7 @@ class Environment:
                             z.write(path, path.relative_to(asset))
         resolver = tpl.Resolver(template, c.refs, self.attributes)
         metadata = resolver.resolve(template["Resources"][server.init_resource].get("Metadata", {}))
+        c.cfn_stack.add_wait_handles(template)
         c.cfn_stack.set_metadata(server.init_resource, metadata)
 
     def stage_server(self, c: ct.Container, server: tpl.Server, assembly: Path, template: dict,
@@ -404,6 +423,14 @@ def boot_and_signal(c: ct.Container, server: tpl.Server, result: Result, *, expe
             f"no signal within {limit_sec} s (CloudFormation would wait {server.signal_timeout_sec // 60} min, " \
             "then roll back)"
         result.fail("boot", f"{what}\n{diagnose(c)}")
+    elif expect == "SUCCESS" and server.wait_handle:
+        # The first version's wait condition is created once the instance has signalled: its handle must have
+        # been signalled by then too (cfn-init's last config), or the first deploy waits out its timeout.
+        handle = c.cfn_stack.wait_for_signal(server.wait_handle, 5)
+        if not handle or handle["status"] != "SUCCESS":
+            result.fail("boot", f"the wait condition handle {server.wait_handle} got "
+                                f"{handle['status'] if handle else 'no signal'} at the first boot: the first deploy "
+                                "would wait out the wait condition's timeout\n" + diagnose(c))
     return signal
 
 
@@ -641,7 +668,9 @@ def rehearse_environment(env: Environment, config, workdir: Path, broken_result:
                 else:
                     db_result.ok("reboot(data kept on its volume)")
         if app_server.stage in (1, 2):
-            in_place_update(env, config, app, app_server, workdir, result)
+            applied = in_place_update(env, config, app, app_server, workdir, result)
+            if applied and config.app.release_command:
+                failed_update(env, config, app, applied, workdir, result)
     finish_broken(broken, app_server, broken_result)
     results.append(broken_result)
     return results
@@ -729,12 +758,19 @@ def in_place_update(env: Environment, config, c: ct.Container, server: tpl.Serve
     changed = changed_resources(env.template, template, ignore_metadata_of=server.init_resource)
     if changed:
         result.fail("update", f"the app change also changes {changed}: a real deploy would not update in place")
-        return
+        return None
+    # ... and a new wait condition for it: CloudFormation waits for the server to apply it.
+    updated = next(s for s in tpl.servers(template, env.stack) if s.init_resource == server.init_resource)
+    if not updated.wait_handle or updated.wait_handle == server.wait_handle:
+        result.fail("update", f"the app change makes no new wait condition handle ({server.wait_handle} -> "
+                              f"{updated.wait_handle}): CloudFormation would not wait for the server")
+        return None
     before = visits(c, server)
     database_pid = postgresql_pid(c)  # stage 1 runs PostgreSQL on this server
     base = f"http://{c.address}:{server.service_port}/"
     load = Load(base, connections=4).start()  # "/": the app and its database, as users reach them
     started = time.monotonic()
+    started_at = time.time()  # signals carry the wall clock
     try:
         env.publish(c, server, assembly, template)
         deadline = time.monotonic() + 180
@@ -748,37 +784,121 @@ def in_place_update(env: Environment, config, c: ct.Container, server: tpl.Serve
         time.sleep(2)  # the load runs on past the switch: the old copy's stop lies well inside it
     finally:
         load.stop()
+    handle = c.cfn_stack.wait_for_signal(updated.wait_handle, UPDATE_SIGNAL_WAIT_SEC)
+    signalled_sec = (handle["time"] - started_at) if handle else None
     failed = load.failures()
     longest_ms = max((r.latency_sec for r in load.responses), default=0.0) * 1000
     under_load = f"{len(load.responses)} requests under load, {len(failed)} failed, longest {longest_ms:.0f} ms"
     if body.get("release") != release:
         log = c.run("journalctl -u cfn-hup --no-pager -n 20; tail -n 10 /var/log/cfn-init.log", check=False).stdout
         result.fail("update", f"release {release} not served after 180 s ({under_load})\n{log}")
-        return
+        return None
     if failed:
         errors = sorted({r.error or str(r.status) for r in failed})[:3]
         result.fail("update", f"{under_load} during the update: {errors}")
-        return
+        return None
+    if not handle or handle["status"] != "SUCCESS":
+        result.fail("update", f"the update's wait condition handle {updated.wait_handle} got "
+                              f"{handle['status'] if handle else 'no signal'} within {UPDATE_SIGNAL_WAIT_SEC} s: "
+                              f"CloudFormation would fail the update\n{diagnose(c)}")
+        return None
     if before is None or body.get("visits", 0) <= before:
         result.fail("update", f"visits {before} before, {body.get('visits')} after: data lost")
-        return
+        return None
     # cfn-init kept every file it overwrote as .bak: the daily jobs must still read their config.
     rotate = c.run("logrotate --debug /etc/logrotate.conf 2>&1", check=False)
     errors = [line for line in rotate.stdout.splitlines() if line.startswith("error:")][:3]
     if rotate.returncode != 0 or errors or f"{render.LOG_DIR}/" not in rotate.stdout:
         result.fail("update", f"logrotate's config broke after the update: {errors or 'webapp logs not rotated'}")
-        return
+        return None
     if database_pid != postgresql_pid(c):
         result.fail("update", f"an app-only change restarted PostgreSQL (pid {database_pid} -> {postgresql_pid(c)})")
-        return
+        return None
     runs = release_runs(env, config, c)
     if config.app.release_command and runs != 1:
         result.fail("update", f"the release command ran {runs} times for the new version {server_app_version(c)}; "
                               "wanted exactly once")
-        return
+        return None
     kept = f", PostgreSQL not restarted (pid {database_pid})" if database_pid else ""
     ran = f", release command ran once for {server_app_version(c)}" if config.app.release_command else ""
-    result.ok(f"update(cfn-hup served the new code in {served_sec:.0f} s; {under_load}; data kept{kept}{ran})")
+    result.ok(f"update(cfn-hup served the new code in {served_sec:.0f} s; {under_load}; data kept{kept}{ran}; "
+              f"wait condition handle SUCCESS {signalled_sec:.0f} s after the new metadata)")
+    return Applied(assembly, template, updated, release)
+
+
+@dataclass
+class Applied:
+    """A version of the metadata a single server applied (what a rollback returns to)."""
+    assembly: Path
+    template: dict
+    server: tpl.Server
+    release: str
+
+
+def failed_update(env: Environment, config, c: ct.Container, applied: Applied, workdir: Path,
+                  result: Result) -> None:
+    """An app change whose release command fails, under load: cfn-init fails before the new copy starts, the
+    hook's action signals FAILURE to the new wait condition's handle (CloudFormation fails the update), the
+    old version keeps serving; then CloudFormation's rollback (the previous metadata, published again) is
+    applied by cfn-hup and signals the previous handle SUCCESS. No request may fail throughout."""
+    release = f"r{secrets.token_hex(3)}"
+    source = synth.changed_app(synth.app_source(config), workdir / env.name, release=release, failing_release=True)
+    assembly = synth.synthesize([synth.with_app_source(env.name, env.raw, source)],
+                                workdir / f"cdk.out.{env.name}.failing-release")
+    template = tpl.load(assembly, env.stack)
+    failing = next(s for s in tpl.servers(template, env.stack) if s.init_resource == applied.server.init_resource)
+    if not failing.wait_handle or failing.wait_handle == applied.server.wait_handle:
+        result.fail("failed-update", f"no new wait condition handle for the change ({failing.wait_handle})")
+        return
+    version = server_app_version(c)
+    base = f"http://{c.address}:{applied.server.service_port}/"
+    load = Load(base, connections=4).start()
+    started = time.time()  # signals carry the wall clock
+    try:
+        env.publish(c, failing, assembly, template)
+        signal = c.cfn_stack.wait_for_signal(failing.wait_handle, UPDATE_SIGNAL_WAIT_SEC)
+        failed_sec = (signal["time"] - started) if signal else None
+        status, during = http_get(base)
+        # CloudFormation's rollback: the previous metadata again, which cfn-hup applies.
+        rollback_started = time.time()
+        env.publish(c, applied.server, applied.assembly, applied.template)
+        back = c.cfn_stack.wait_for_signal(applied.server.wait_handle, UPDATE_SIGNAL_WAIT_SEC)
+        back_sec = (back["time"] - rollback_started) if back else None
+        after_status, after = http_get(base)
+        time.sleep(1)
+    finally:
+        load.stop()
+    failed = load.failures()
+    under_load = f"{len(load.responses)} requests under load, {len(failed)} failed"
+    log = c.run("journalctl -u cfn-hup --no-pager -n 20; tail -n 10 /var/log/cfn-init.log", check=False).stdout
+    if not signal or signal["status"] != "FAILURE":
+        result.fail("failed-update", f"the failing release's wait condition handle got "
+                                     f"{signal['status'] if signal else 'no signal'} within {UPDATE_SIGNAL_WAIT_SEC} s "
+                                     f"(wanted FAILURE)\n{log}")
+        return
+    if "release" not in c.run("grep -h 'error' /var/log/cfn-init.log | tail -n 3", check=False).stdout:
+        result.fail("failed-update", f"cfn-init failed, but not in the release step:\n{log}")
+        return
+    if status != 200 or during.get("release") != applied.release:
+        result.fail("failed-update", f"after the FAILURE signal / answered {status} with release "
+                                     f"{during.get('release')}; wanted the old {applied.release}")
+        return
+    if not back or back["status"] != "SUCCESS":
+        result.fail("failed-update", f"the rolled-back metadata's handle got {back['status'] if back else 'no signal'}"
+                                     f" within {UPDATE_SIGNAL_WAIT_SEC} s\n{log}")
+        return
+    if after_status != 200 or after.get("release") != applied.release or server_app_version(c) != version:
+        result.fail("failed-update", f"after the rollback / answered {after_status} with release "
+                                     f"{after.get('release')}, version {server_app_version(c)}; wanted "
+                                     f"{applied.release}, {version}")
+        return
+    if failed:
+        errors = sorted({r.error or str(r.status) for r in failed})[:3]
+        result.fail("failed-update", f"{under_load}: {errors}")
+        return
+    result.ok(f"failed-update(release command failed: FAILURE signalled {failed_sec:.0f} s after the new metadata, "
+              f"old version {applied.release} served throughout; rollback applied and signalled SUCCESS in "
+              f"{back_sec:.0f} s; {under_load})")
 
 
 def server_app_version(c: ct.Container) -> str:
@@ -802,11 +922,18 @@ def postgresql_pid(c: ct.Container) -> int:
 
 
 def changed_resources(before: dict, after: dict, *, ignore_metadata_of: str) -> list[str]:
-    """Logical IDs whose definition differs between two syntheses, besides one resource's metadata
-    and its `app-version` tag (a new version changes both; an instance's tags update without
-    interruption). Any other change to that resource still counts."""
+    """Logical IDs whose definition differs between two syntheses, besides one resource's metadata,
+    its `app-version` tag (a new version changes both; an instance's tags update without
+    interruption) and the wait condition of its metadata's version. Any other change to that
+    resource still counts."""
     def strip(template: dict) -> dict:
         resources = json.loads(json.dumps(template["Resources"]))
+        # The wait condition of the metadata's version and its handle: new with every new metadata.
+        for lid, resource in list(resources.items()):
+            if resource["Type"] == "AWS::CloudFormation::WaitCondition" and \
+                    ignore_metadata_of in resource.get("DependsOn", []):
+                resources.pop(lid)
+                resources.pop(resource["Properties"]["Handle"]["Ref"], None)
         server = resources.get(ignore_metadata_of, {})
         server.pop("Metadata", None)
         tags = server.get("Properties", {}).get("Tags")

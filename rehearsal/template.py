@@ -12,12 +12,14 @@ from __future__ import annotations
 import base64
 import json
 import re
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
 from app_tier import render
 
 SERVER_TYPES = ("AWS::EC2::Instance", "AWS::EC2::LaunchTemplate")
+WAIT_HANDLE = "AWS::CloudFormation::WaitConditionHandle"
 
 
 class UnresolvedError(ValueError):
@@ -38,6 +40,7 @@ class Server:
     signal_timeout_sec: int  # from the CreationPolicy
     service_port: int | None = None
     health_path: str = "/health"
+    wait_handle: str | None = None  # the wait condition handle its Init metadata signals (stages 1-2 servers)
 
     @property
     def is_app_server(self) -> bool:
@@ -119,7 +122,8 @@ def servers(template: dict, stack: str) -> list[Server]:
         else:
             continue
         server = Server(stack=stack, logical_id=lid, init_resource=init_resource, kind=kind, stage=stage,
-                        user_data=user_data, metadata=metadata, signal_timeout_sec=_duration_sec(timeout))
+                        user_data=user_data, metadata=metadata, signal_timeout_sec=_duration_sec(timeout),
+                        wait_handle=wait_handle_of(template, metadata))
         if server.is_app_server:
             server.service_port = 80 if "listen 80 " in files.get(render.NGINX_CONF, "") or stage < 4 \
                 else _nginx_port(files.get(render.NGINX_CONF, ""))
@@ -128,6 +132,23 @@ def servers(template: dict, stack: str) -> list[Server]:
                 server.service_port, server.health_path = gate
         found.append(server)
     return found
+
+
+def wait_handle_of(template: dict, metadata: dict) -> str | None:
+    """The wait condition handle a server's Init metadata names (Ref), if any."""
+    names = set(re.findall(r'\{"Ref": "(\w+)"\}', json.dumps(metadata)))
+    found = sorted(n for n in names if template["Resources"].get(n, {}).get("Type") == WAIT_HANDLE)
+    if len(found) > 1:
+        raise ValueError(f"more than one wait condition handle in one server's metadata: {found}")
+    return found[0] if found else None
+
+
+def wait_handle_url(stack_id: str, region: str, logical_id: str) -> str:
+    """What a wait condition handle's Ref is in the rehearsal: a URL of the real ones' form (a presigned
+    S3 URL on cloudformation-waitcondition-REGION whose key is the stack's ARN and the handle's logical ID),
+    which the cfn-signal stand-in turns into a SignalResource on the handle (no S3 behind it)."""
+    key = urllib.parse.quote(f"{stack_id}/{logical_id}", safe="")
+    return f"https://cloudformation-waitcondition-{region}.s3.amazonaws.com/{key}?X-Amz-Signature=rehearsal"
 
 
 def _nginx_port(conf: str) -> int:
@@ -157,6 +178,9 @@ class Resolver:
     def ref(self, name: str) -> str:
         if name in self.refs:
             return self.refs[name]
+        if self.template["Resources"].get(name, {}).get("Type") == WAIT_HANDLE:
+            # The handle's URL names the stack the server reads, whichever stack that is (the broken app's own).
+            return wait_handle_url(self.ref("AWS::StackId"), self.ref("AWS::Region"), name)
         raise UnresolvedError(f"Ref {name} ({self.template['Resources'].get(name, {}).get('Type', 'pseudo')})")
 
     def get_att(self, name: str, attribute: str) -> str:

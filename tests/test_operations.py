@@ -244,3 +244,41 @@ def test_cloudwatch_and_auto_scaling_can_publish_to_the_encrypted_topic(synthesi
     slr = [s for s in statements if "ArnEquals" in s.get("Condition", {})]
     assert len(slr) == 1 and "AWSServiceRoleForAutoScaling" in json.dumps(slr[0]["Condition"])
     assert set(slr[0]["Action"]) == {"kms:Decrypt", "kms:GenerateDataKey*"}
+
+
+WAIT_CONDITION, WAIT_HANDLE = "AWS::CloudFormation::WaitCondition", "AWS::CloudFormation::WaitConditionHandle"
+
+
+def test_a_single_servers_update_is_waited_for_by_a_wait_condition_per_metadata_version(synthesized_templates,
+                                                                                        changed_app_templates):
+    """Stages 1-2: CloudFormation waits for the server to apply new Init metadata (cfn-hup), and fails the
+    update when it does not: a wait condition and handle per version of the metadata."""
+    before, after = synthesized_templates["dev"], changed_app_templates["dev"]
+    (server_id,) = resources(before, "AWS::EC2::Instance")
+    (old_id, old), = resources(before, WAIT_CONDITION).items()
+    (new_id, new), = resources(after, WAIT_CONDITION).items()
+    assert old_id != new_id and set(resources(before, WAIT_HANDLE)).isdisjoint(resources(after, WAIT_HANDLE))
+    for template, condition in ((before, old), (after, new)):
+        assert condition["DependsOn"] == [server_id]
+        assert condition["Properties"]["Count"] == 1 and int(condition["Properties"]["Timeout"]) == 3600
+        handle = condition["Properties"]["Handle"]["Ref"]
+        init = template["Resources"][server_id]["Metadata"]["AWS::CloudFormation::Init"]
+        steps = init["configSets"]["webapp"]
+        # The handle's URL is written first (a later failure can be signalled); SUCCESS is the last command.
+        assert steps[0] == "wait-handle" and steps[-1] == "update-applied"
+        (url_file,) = init["wait-handle"]["files"].values()
+        assert url_file["content"] == {"Ref": handle} and url_file["mode"] == "000400"
+        (signal,) = init["update-applied"]["commands"].values()
+        assert signal["command"].startswith("/opt/aws/bin/cfn-signal -e 0 ")
+        hook = init["updates"]["files"]["/etc/cfn/hooks.d/cfn-auto-reloader.conf"]["content"]
+        assert "|| /opt/aws/bin/cfn-signal -e 1 " in hook
+    # The Auto Scaling groups of stages 3-4 have none: their instance refresh is what CloudFormation waits for.
+    assert not resources(synthesized_templates["prod"], "AWS::CloudFormation::WaitCondition") or all(
+        c["DependsOn"][0] in resources(synthesized_templates["prod"], "AWS::EC2::Instance")
+        for c in resources(synthesized_templates["prod"], WAIT_CONDITION).values())
+
+
+def test_an_unchanged_synthesis_keeps_the_wait_condition(synthesized_templates, tmp_path):
+    app, stacks = build_app([load_environment("dev")], outdir=str(tmp_path / "again"))
+    again = app.synth().get_stack_by_name(stacks["dev"].stack_name).template
+    assert set(resources(again, WAIT_CONDITION)) == set(resources(synthesized_templates["dev"], WAIT_CONDITION))

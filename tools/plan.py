@@ -249,8 +249,31 @@ def compare(before: dict | None, after: dict, region: str) -> list[Change]:
         elif reasons or policies:
             changes[lid] = Change(lid, n["Type"], name, UPDATE, reasons + policies,
                                   init_changed="Init metadata" in changed[lid])
+    if before is not None:
+        _fold_wait_conditions(changes, old, new)
     order = {a: i for i, a in enumerate((DELETE, REPLACE, RESTART, CREATE, UPDATE))}
     return sorted(changes.values(), key=lambda c: (order[c.action], c.name))
+
+
+WAIT_TYPES = ("AWS::CloudFormation::WaitCondition", "AWS::CloudFormation::WaitConditionHandle")
+
+
+def _fold_wait_conditions(changes: dict[str, Change], old: dict, new: dict) -> None:
+    """A single server's wait condition and handle are per version of its Init metadata
+    (cdk_constructs/bootstrap.py): each metadata change creates a new pair and deletes the old one. They hold
+    nothing and cost nothing, so they are not listed as created and DELETED; the server's update says that
+    CloudFormation waits for it instead."""
+    for lid in [lid for lid, c in changes.items() if c.type in WAIT_TYPES and c.action in (CREATE, DELETE)]:
+        change = changes.pop(lid)
+        resource = (new if change.action == CREATE else old)[lid]
+        if change.action != CREATE or resource["Type"] != WAIT_TYPES[0]:
+            continue
+        timeout = int((resource.get("Properties") or {}).get("Timeout", 0)) // 60
+        for server in resource.get("DependsOn", []):
+            if server in changes:
+                changes[server].reasons.append(
+                    f"the deploy waits for the server to apply its new Init metadata (its new wait condition, "
+                    f"up to {timeout} min) and rolls back if it fails")
 
 
 # --- what holds data -------------------------------------------------------------------------

@@ -305,9 +305,12 @@ def test_the_release_command_runs_before_the_new_version_starts():
     assert names.index("24-app-release") == names.index("25-app-start") - 1
     # The password and the app's secrets are read (again) before it: at first boot nothing else has started
     # them, and an update may have changed them (1 -> 2 moves the app to a new database and its secret).
+    # By their scripts, not by restarting their units: the app units Require= those, so a restart of one
+    # would restart the running copies on the new code before the release ran.
     assert dict(server.commands)["24-app-release"] == (
-        f"systemctl daemon-reload && systemctl restart {render.FETCH_PASSWORD_UNIT} && "
-        f"systemctl restart {render.FETCH_APP_SECRETS_UNIT} && {render.RELEASE_SCRIPT}")
+        f"systemctl daemon-reload && (umask 077 && {render.FETCH_PASSWORD_SCRIPT}) && "
+        f"(umask 077 && {render.FETCH_APP_SECRETS_SCRIPT}) && {render.RELEASE_SCRIPT}")
+    assert "systemctl restart" not in dict(server.commands)["24-app-release"]
     # The app's start reads them again too, with or without a release command.
     start = dict(server.commands)["25-app-start"]
     assert start.index(f"systemctl restart {render.FETCH_PASSWORD_UNIT}") < start.index("systemctl restart app.service")

@@ -204,6 +204,26 @@ def _signal_resource_is_recorded() -> None:
     CloudFormationResponse.signal_resource = signal_resource
 
 
+def _wait_conditions_complete_unsignalled() -> None:
+    """A stand-in, named: the single servers' in-place updates each get an AWS::CloudFormation::WaitCondition
+    that CloudFormation holds the update on until the server signals its handle (cdk_constructs/bootstrap.py).
+    moto 5.2.5 lists WaitCondition and WaitConditionHandle among its NULL_MODELS: it creates neither, so the
+    stack goes on at once, as if the handle had been signalled SUCCESS, and the deploy report lists both types
+    as skipped. No server runs on the emulator to signal it; the boot rehearsal, whose servers run cfn-init and
+    cfn-hup for real, checks the signals. This patch changes nothing but says so, in the emulator's log."""
+    from moto.cloudformation import parsing
+
+    original = parsing.parse_and_create_resource
+
+    def parse_and_create_resource(logical_id: str, resource_json: dict, *args: Any, **kwargs: Any):
+        if resource_json.get("Type") == "AWS::CloudFormation::WaitCondition":
+            print(f"emulator stand-in: wait condition {logical_id} completes without a signal, as if its handle "
+                  "had been signalled SUCCESS (moto does not model wait conditions)", flush=True)
+        return original(logical_id, resource_json, *args, **kwargs)
+
+    parsing.parse_and_create_resource = parse_and_create_resource
+
+
 # Properties whose change makes CloudFormation replace an AWS::EC2::Instance ("Update requires: Replacement"
 # on https://docs.aws.amazon.com/AWSCloudFormation/latest/TemplateReference/aws-resource-ec2-instance.html;
 # the provider schema's createOnlyProperties say the same). Any other change (tags, UserData, InstanceType...)
@@ -442,6 +462,7 @@ def main(argv: list[str] | None = None) -> None:
     _image_id_resolves_ssm_parameters_at_launch()
     _describe_stack_resource_returns_metadata()
     _signal_resource_is_recorded()
+    _wait_conditions_complete_unsignalled()
     _instance_updates_as_cloudformation_does()
     _auto_scaling_group_updates_in_place()
     _vpc_endpoint_updates_in_place()
