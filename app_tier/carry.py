@@ -23,7 +23,8 @@ across, once, before anything of stage 2 touches the server:
      app's start on the new database) runs;
   6. any failure before that: the app starts again, still on the old settings (the rest of the Init
      has not run: its env file and password are stage 1's), the local database serving and
-     untouched; cfn-init fails, and running it again (README: Growing the service) starts over.
+     untouched; cfn-init fails, the server's wait condition gets FAILURE, the deploy rolls back to
+     stage 1, and the next deploy of stage 2 starts over.
 
 Run as root by cfn-init. The target's password is read from its Secrets Manager secret into a
 root-only file on tmpfs, never argv or the environment of another process.
