@@ -245,6 +245,14 @@ def grow_to_2(g: Growth, workdir: Path, step: Step, *, floor: bool = False) -> G
     if not carried:
         step.fail(f"the carry did not finish in {CARRY_WAIT_SEC} s:\n{log[-2000:]}\n{run.diagnose(g.app)}")
         return None
+    # CloudFormation waits for this: the new metadata's wait condition handle must get SUCCESS, which the
+    # server sends only once the carry and the rest of stage 2's Init applied.
+    handle = g.app.cfn_stack.wait_for_signal(app_server.wait_handle, 120) if app_server.wait_handle else None
+    if not handle or handle["status"] != "SUCCESS":
+        step.fail(f"the update's wait condition handle {app_server.wait_handle} got "
+                  f"{handle['status'] if handle else 'no signal'}: CloudFormation would fail the 1 -> 2 deploy")
+    else:
+        step.facts.append("the deploy's wait condition got SUCCESS")
     after = row_counts(db, config.database.name)
     error_sec, failed_polls = poller.error_seconds()
     check_rows(step, g.seeded, before_local, after)
