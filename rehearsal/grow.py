@@ -14,7 +14,9 @@ the environment is deployed again, as a user grows it:
           kept, the app serves from the new database with no visit lost, and the seconds the polling
           client saw errors;
   2 -> 3, 3 -> 4  the change must replace no data holder (tools.plan); a server of the new stage's
-          group boots against the same database server; every row is still there and the app serves.
+          group boots against the same database server; every row is still there and the app serves;
+  1 -> 2 rds  a second stage-1 server, grown to stage 2 on RDS (PostgreSQL in a container stands in for
+          it, with the new secret's master user): the same carry into the other kind of target.
 
 One line per step; the last reads `growth rehearsal: N steps, M failed, R rows checked`.
 EC2 PostgreSQL -> RDS is not carried by anything yet: `make plan` flags it, and this rehearsal says so.
@@ -46,6 +48,7 @@ SEED_TABLES = ("customers", "orders", "events")
 STATE = run.STATE / "grow"
 POLL_SEC = 0.1
 CARRY_WAIT_SEC = 900
+RDS_EVENTS = 50_000  # the second carry, into RDS's stand-in: the same path, less data
 
 
 def say(message: str) -> None:
@@ -61,12 +64,16 @@ class Step(run.Outcome):
         return self.report("growth rehearsal", 8)
 
 
-def raw_at(stage: int) -> dict:
+def raw_at(stage: int, *, database: str = "ec2") -> dict:
     raw = synth.raw_config(ENVIRONMENT)
     for step in range(2, stage + 1):
         for table, values in STAGE_CHANGES[step].items():
             raw.setdefault(table, {}).update(values)
     raw["stage"] = stage
+    raw.setdefault("database", {})["kind"] = database
+    if database == "rds":  # what cdk-nag requires of RDS (AwsSolutions-RDS3, -RDS10, -RDS11), as prod sets it
+        raw["database"].update(multi_az=True, port=5433)
+        raw.setdefault("operations", {})["removal_policy"] = "snapshot"
     return raw
 
 
@@ -105,16 +112,18 @@ class Poller:
         return end - self.results[first][0] + POLL_SEC, len(failed)
 
 
-def sql(c: ct.Container, database: str, query: str, *, check: bool = True) -> str:
-    out = c.run(f"cd / && runuser -u postgres -- psql -X -qtA -v ON_ERROR_STOP=1 -d {database} -c \"{query}\"",
+def sql(c: ct.Container, database: str, query: str, *, check: bool = True, port: int = 5432) -> str:
+    out = c.run(f"cd / && runuser -u postgres -- psql -X -qtA -v ON_ERROR_STOP=1 -p {port} -d {database} "
+                f"-c \"{query}\"",
                 check=check, timeout=3600)
     return out.stdout.strip()
 
 
-def row_counts(c: ct.Container, database: str) -> dict[str, int]:
+def row_counts(c: ct.Container, database: str, port: int = 5432) -> dict[str, int]:
     """Every table of the public schema and its row count, read on the database's own server."""
-    tables = sql(c, database, "SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY 1").split()
-    return {t: int(sql(c, database, f"SELECT count(*) FROM public.{t}")) for t in tables}
+    tables = sql(c, database, "SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY 1",
+                 port=port).split()
+    return {t: int(sql(c, database, f"SELECT count(*) FROM public.{t}", port=port)) for t in tables}
 
 
 def seed(c: ct.Container, database: str, owner: str, events: int) -> dict[str, int]:
@@ -178,10 +187,10 @@ def measure_floor(g: Growth, db: ct.Container, config) -> float:
     return took
 
 
-def grow_to_2(g: Growth, workdir: Path, step: Step, *, floor: bool = False) -> Growth | None:
-    raw = raw_at(2)
+def grow_to_2(g: Growth, workdir: Path, step: Step, *, floor: bool = False, database: str = "ec2") -> Growth | None:
+    raw = raw_at(2, database=database)
     config = synth.parse(ENVIRONMENT, raw)
-    assembly = synth.synthesize([config], workdir / "cdk.out.stage2")
+    assembly = synth.synthesize([config], workdir / f"cdk.out.stage2.{database}")
     template = tpl.load(assembly, config.stack_name)
     plan = plan_between(g.template, template, config)
     server = next((c for c in plan.changes if c.type == "AWS::EC2::Instance" and c.logical_id in {
@@ -197,16 +206,9 @@ def grow_to_2(g: Growth, workdir: Path, step: Step, *, floor: bool = False) -> G
     env.servers = tpl.servers(template, env.stack)
     env.create_resources(template["Resources"])
     app_server = next(s for s in env.servers if s.is_app_server)
-    (db_server,) = [s for s in env.servers if s.kind == "database server"]
-    env.attributes[(db_server.logical_id, "PrivateIp")] = env.address("db")
-    volume = next(lid for lid, r in template["Resources"].items() if r["Type"] == "AWS::EC2::Volume")
-    env.create_volume(volume)
-    size_mib = max(1024, 4 * sum(g.seeded.values()) * 400 // (1024 * 1024))
-    db = env.container("db", data_volume_mib=size_mib)
-    env.stage_server(db, db_server, assembly, template)
-    result = run.Result(ENVIRONMENT, db_server.kind)
-    if not run.boot_and_signal(db, db_server, result) or result.failures:
-        step.fail(f"the database server did not boot: {result.failures}")
+    db = start_rds_standin(env, template, config) if database == "rds" else \
+        boot_database_server(env, template, assembly, g, step)
+    if db is None:
         return None
     # The app server's security groups as stage 2 has them (it now reaches the database server), and what
     # CloudFormation resolves in its new metadata (the new database's secret).
@@ -253,7 +255,7 @@ def grow_to_2(g: Growth, workdir: Path, step: Step, *, floor: bool = False) -> G
                   f"{handle['status'] if handle else 'no signal'}: CloudFormation would fail the 1 -> 2 deploy")
     else:
         step.facts.append("the deploy's wait condition got SUCCESS")
-    after = row_counts(db, config.database.name)
+    after = row_counts(db, config.database.name, config.database.port)
     error_sec, failed_polls = poller.error_seconds()
     check_rows(step, g.seeded, before_local, after)
     # The local copy is retired only after the verification, and kept on disk.
@@ -276,13 +278,47 @@ def grow_to_2(g: Growth, workdir: Path, step: Step, *, floor: bool = False) -> G
                          "carry_seconds": float(copy_seconds) if copy_seconds.replace(".", "").isdigit() else None,
                          "metadata_to_served_seconds": round(took, 1),
                          "database_bytes": int(sql(db, config.database.name,
-                                                   f"SELECT pg_database_size('{config.database.name}')"))})
+                                                   f"SELECT pg_database_size('{config.database.name}')",
+                                                   port=config.database.port))})
     step.facts.append(f"{sum(after.values())} rows in {len(after)} tables equal on both sides")
     step.facts.append(f"errors seen by a client polling every 100 ms: {error_sec:.1f} s ({failed_polls} failed polls)")
     step.facts.append(f"new metadata to new database served in {took:.0f} s"
                       + (f" ({copy_line.split('the copy took', 1)[1].strip()} copy)" if copy_line else ""))
     step.facts.append("local PostgreSQL retired after the verification, files kept")
     return Growth(env, g.app, db, g.seeded, visits or 0, template)
+
+
+def boot_database_server(env: run.Environment, template: dict, assembly: Path, g: Growth,
+                         step: Step) -> ct.Container | None:
+    """Stage 2's EC2 database server, booted from the template like any server, on a volume of its own."""
+    (db_server,) = [s for s in env.servers if s.kind == "database server"]
+    env.attributes[(db_server.logical_id, "PrivateIp")] = env.address("db")
+    volume = next(lid for lid, r in template["Resources"].items() if r["Type"] == "AWS::EC2::Volume")
+    env.create_volume(volume)
+    size_mib = max(1024, 4 * sum(g.seeded.values()) * 400 // (1024 * 1024))
+    db = env.container("db", data_volume_mib=size_mib)
+    env.stage_server(db, db_server, assembly, template)
+    result = run.Result(ENVIRONMENT, db_server.kind)
+    if not run.boot_and_signal(db, db_server, result) or result.failures:
+        step.fail(f"the database server did not boot: {result.failures}")
+        return None
+    return db
+
+
+def start_rds_standin(env: run.Environment, template: dict, config) -> ct.Container:
+    """RDS cannot run here: PostgreSQL in a container of its own with the new secret's master user,
+    behind the instance's security groups (as the boot and deploy rehearsals stand it in)."""
+    (rds,) = [lid for lid, r in template["Resources"].items() if r["Type"] == "AWS::RDS::DBInstance"]
+    props = template["Resources"][rds]["Properties"]
+    port = int(props.get("Port", 5432))
+    env.attributes[(rds, "Endpoint.Address")] = env.address("rds")
+    env.attributes[(rds, "Endpoint.Port")] = str(port)
+    db = env.container("rds")
+    env.enforce_security_groups(db, rds)
+    # The newest secret of the app's user: the one this template made for RDS (stage 1's is the local one's).
+    secret = next(v for v in reversed(list(env.secret_values.values())) if v.get("username") == config.database.user)
+    run.start_rds_standin(db, secret, props.get("DBName", config.database.name), port)
+    return db
 
 
 def check_rows(step: Step, seeded: dict[str, int], before: dict[str, int], after: dict[str, int]) -> None:
@@ -340,6 +376,25 @@ def grow_fleet_stage(g: Growth, stage: int, workdir: Path, step: Step) -> Growth
     return Growth(env, c, g.database, g.seeded, visits or 0, template)
 
 
+def start_stage_1(env: run.Environment, assembly: Path, template: dict, config, events: int,
+                  step: Step) -> Growth | None:
+    """dev's stage-1 server, booted from its template, with data and a first visit."""
+    env.prepare_aws()
+    server = next(s for s in env.servers if s.is_app_server)
+    app = env.container("app")
+    env.stage_server(app, server, assembly, template)
+    result = run.Result(ENVIRONMENT, server.kind)
+    if not run.boot_and_signal(app, server, result) or result.failures:
+        step.fail(f"the stage-1 server did not boot: {result.failures}")
+        return None
+    seeded = seed(app, config.database.name, config.database.user, events)
+    visits = run.visits(app, server) or 0
+    step.numbers["database_size"] = size = database_size(app, config.database.name)
+    step.facts.append(f"booted in {result.boot_to_signal_sec:.0f} s; seeded {sum(seeded.values())} rows "
+                      f"({', '.join(f'{t} {n}' for t, n in seeded.items())}), database {size}")
+    return Growth(env, app, app, seeded, visits, template)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m rehearsal.grow", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -370,20 +425,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         first = Step("stage 1")
         steps.append(first)
-        env.prepare_aws()
-        server = next(s for s in env.servers if s.is_app_server)
-        app = env.container("app")
-        env.stage_server(app, server, assembly, template)
-        result = run.Result(ENVIRONMENT, server.kind)
-        if not run.boot_and_signal(app, server, result) or result.failures:
-            first.fail(f"the stage-1 server did not boot: {result.failures}")
-        else:
-            seeded = seed(app, config.database.name, config.database.user, args.events)
-            visits = run.visits(app, server) or 0
-            size = database_size(app, config.database.name)
-            first.facts.append(f"booted in {result.boot_to_signal_sec:.0f} s; seeded {sum(seeded.values())} rows "
-                               f"({', '.join(f'{t} {n}' for t, n in seeded.items())}), database {size}")
-            g: Growth | None = Growth(env, app, app, seeded, visits, template)
+        g: Growth | None = start_stage_1(env, assembly, template, config, args.events, first)
+        if g:
+            seeded, size = g.seeded, first.numbers["database_size"]
             step = Step("1 -> 2")
             steps.append(step)
             g = grow_to_2(g, workdir, step, floor=args.floor)
@@ -395,6 +439,18 @@ def main(argv: list[str] | None = None) -> int:
                 step = Step(f"{stage - 1} -> {stage}")
                 steps.append(step)
                 g = grow_fleet_stage(g, stage, workdir, step)
+        if not args.only_first:
+            # 1 -> 2 into RDS (its stand-in): another stage-1 server, the same carry, the other kind of target.
+            env.cleanup()
+            env.cfn_stack.cf.delete_stack(StackName=env.cfn_stack.name)
+            env = run.Environment(ENVIRONMENT, raw, config, assembly, emulator, root, wheels, first_index=10)
+            first = Step("stage 1")
+            steps.append(first)
+            g = start_stage_1(env, assembly, template, config, RDS_EVENTS, first)
+            if g:
+                step = Step("1 -> 2 rds")
+                steps.append(step)
+                grow_to_2(g, workdir, step, database="rds")
     except Exception as error:  # noqa: BLE001 - reported as the step's failure
         crashed = Step("crash")
         crashed.fail(repr(error))
