@@ -196,9 +196,16 @@ mkdir -p /var/lib/cloud/instance/scripts /var/lib/rehearsal-cfn /opt/rehearsal/w
         try:
             self.process.wait(timeout)
         except subprocess.TimeoutExpired:
+            # Killing systemd-nspawn alone would leave the server's processes running (no machined here
+            # to end its scope): SIGKILL its init, which ends every process in its PID namespace.
+            self.kill_init()
             self.process.kill()
             self.process.wait(10)
         self.pid = None
+
+    def kill_init(self) -> None:
+        if self.pid:
+            subprocess.run(["kill", "-9", str(self.pid)], check=False, capture_output=True)
 
     def destroy(self) -> None:
         if self.process and self.process.poll() is None:
@@ -223,6 +230,9 @@ def clean_leftovers(state_dir: Path) -> list[str]:
     for line in sh("pgrep", "-af", "systemd-nspawn", check=False).stdout.splitlines():
         pid, _, command = line.partition(" ")
         if f"-D {state_dir}/" in command:
+            # Its init first (ending the whole PID namespace), then systemd-nspawn itself.
+            for init in sh("pgrep", "-P", pid, check=False).stdout.split():
+                subprocess.run(["kill", "-9", init], check=False)
             subprocess.run(["kill", pid], check=False)
             removed.append(f"container {command.split('--machine=')[1].split()[0]}")
     time.sleep(1 if removed else 0)

@@ -185,8 +185,14 @@ class RehearsalFleet:
                     self.launch_seconds.append(m.seconds_to_service)
                     waiting.remove(m)
             if waiting and time.monotonic() > deadline:
-                return (f"{', '.join(m.name for m in waiting)} not healthy after {LAUNCH_TIMEOUT_SEC} s\n"
-                        f"{run.diagnose(waiting[0].container)}")
+                stuck = waiting[0]
+                row = self.balancer.servers().get(stuck.name, {})
+                seen = stuck.container.run("systemctl is-system-running; tail -n 6 /var/log/cfn-init.log; "
+                                           "tail -n 4 /var/log/cfn-init-cmd.log", check=False).stdout \
+                    if stuck.container.pid else "(not running)"
+                return (f"{', '.join(m.name for m in waiting)} not healthy after {LAUNCH_TIMEOUT_SEC} s "
+                        f"(balancer: {row.get('status')} {row.get('check_status')} {row.get('check_desc')})\n"
+                        f"{seen}\n{run.diagnose(stuck.container)}")
             time.sleep(0.2)
         return None
 
