@@ -202,9 +202,7 @@ def grow_to_2(g: Growth, workdir: Path, step: Step, *, floor: bool = False, data
     step.facts.append("plan: server updated in place, data carried")
 
     env = g.env
-    env.assembly, env.template, env.raw, env.config = assembly, template, raw, config
-    env.servers = tpl.servers(template, env.stack)
-    env.create_resources(template["Resources"])
+    env.adopt(assembly, template, raw, config)
     app_server = next(s for s in env.servers if s.is_app_server)
     db = start_rds_standin(env, template, config) if database == "rds" else \
         boot_database_server(env, template, assembly, g, step)
@@ -348,9 +346,7 @@ def grow_fleet_stage(g: Growth, stage: int, workdir: Path, step: Step) -> Growth
         return None
     step.facts.append("plan: no data holder replaced or deleted")
     env = g.env
-    env.assembly, env.template, env.raw, env.config = assembly, template, raw, config
-    env.servers = tpl.servers(template, env.stack)
-    env.create_resources(template["Resources"])
+    env.adopt(assembly, template, raw, config)
     (db_server,) = [s for s in env.servers if s.kind == "database server"]
     env.attributes[(db_server.logical_id, "PrivateIp")] = env.address("db")
     env.enforce_security_groups(g.database, db_server.logical_id)

@@ -267,6 +267,13 @@ class Environment:
         self.create_resources(resources)
         self.seed_app_secrets()
 
+    def adopt(self, assembly: Path, template: dict, raw: dict, config) -> None:
+        """The environment deployed again from a changed config (a grown stage): its template, its
+        servers, and the emulator's stand-ins for what the new template adds."""
+        self.assembly, self.template, self.raw, self.config = assembly, template, raw, config
+        self.servers = tpl.servers(template, self.stack)
+        self.create_resources(template["Resources"])
+
     def create_resources(self, resources: dict) -> None:
         """The emulator's stand-ins for what the servers read by reference, for each resource that has
         none yet (a grown template adds some: rehearsal/grow.py)."""
