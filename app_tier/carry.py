@@ -36,9 +36,11 @@ from app_tier import render
 
 CARRY_SCRIPT = f"{render.LIBEXEC_DIR}/carry-local-database"
 CARRY_TARGET = "/etc/webapp/carry-target.env"
-CARRIED_RECORD = "/var/lib/webapp/carried"  # written once the copy is verified; its presence makes a rerun a no-op
+CARRIED_RECORD = render.CARRIED_RECORD  # written once the copy is verified; its presence makes a rerun a no-op
 CARRY_LOG_PREFIX = "carry-local-database:"
 MARKER_SCHEMA = "webapp_carry"  # on the target while a carry is unfinished: which cluster it came from
+# systemd's own TCP forwarder (in the systemd package on Amazon Linux 2023 and Debian)
+SOCKET_PROXYD = "/usr/lib/systemd/systemd-socket-proxyd"
 
 
 def target_file(database: render.DatabaseEndpoint) -> str:
@@ -50,40 +52,100 @@ def target_file(database: render.DatabaseEndpoint) -> str:
 
 def carry_script(layout: render.ServerLayout, *, target: str = CARRY_TARGET, record: str = CARRIED_RECORD,
                  pg_data_dir: str = render.PG_DATA_DIR, work_dir: str = render.SECRET_DIR) -> str:
-    """The script; the paths are parameters so the lab can run it against real PostgreSQL servers."""
+    """The app server's script (stage 1 -> 2); the paths are parameters so the lab can run it against
+    real PostgreSQL servers. The app is frozen by stopping its units and sockets."""
     # Sockets first: stopping a socket unit stops its service too, and no request starts it again.
     units = " ".join(render.app_sockets(layout) + render.app_units(layout))
+    return _script(
+        what="this server's own PostgreSQL (stage 1)\n# into the database the app uses from stage 2 on",
+        setup=f"""units=""
+for unit in {units}; do  # a server set up before socket activation has no socket units yet
+  if [ "$(systemctl show -p LoadState --value "$unit")" = loaded ]; then units="$units $unit"; fi
+done""",
+        freeze="""say "downtime starts: stopping the app ($units)"
+systemctl stop $units""",
+        thaw="""say "FAILED: the app starts again on the local database, which is untouched"
+systemctl start $units || true""",
+        retire=f"""# The copy is verified and recorded: the update goes on even if the local server will not stop.
+if systemctl disable --now postgresql.service; then
+  say "retired the local PostgreSQL (stopped, disabled; its data stays in {pg_data_dir} until you delete it)"
+else
+  say "the copy is verified, but the local PostgreSQL did not stop: stop and disable it by hand"
+fi""",
+        already="", target=target, record=record, pg_data_dir=pg_data_dir, work_dir=work_dir)
+
+
+def database_server_carry_script(app_user: str, *, target: str = CARRY_TARGET, record: str = CARRIED_RECORD,
+                                 pg_data_dir: str = render.PG_DATA_DIR, work_dir: str = render.SECRET_DIR) -> str:
+    """The EC2 database server's script (EC2 PostgreSQL -> RDS). The app servers stay where they are, so
+    the app is frozen in the database: its role may not log in and its sessions end (the app answers
+    errors meanwhile). After the verification PostgreSQL is retired and systemd's forwarder takes its
+    address, so every app server not yet moved to RDS reaches RDS through this server, the same user
+    and password (the two share the secret) and the same database name."""
+    unfreeze = f"""local_sql "ALTER ROLE {app_user} LOGIN" postgres >/dev/null || true"""
+    forward = f"""if systemctl enable --now {render.FORWARD_SOCKET}; then
+  say "forwarding this server's PostgreSQL address to $TARGET_HOST:$TARGET_PORT ({render.FORWARD_SOCKET})"
+else
+  say "FAILED: the forwarder did not start; PostgreSQL serves again here, untouched since the copy"
+  rm -f {record}
+  systemctl enable --now postgresql.service
+  {unfreeze}
+  exit 1
+fi"""
+    return _script(
+        what="this database server's PostgreSQL\n# into RDS, which the app uses from this deploy on",
+        setup="",
+        freeze=f"""say "downtime starts: the app's role may not log in, and its sessions end"
+local_sql "ALTER ROLE {app_user} NOLOGIN" postgres >/dev/null
+local_sql "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE usename = '{app_user}'" postgres >/dev/null""",
+        thaw=f"""say "FAILED: the app's role may log in again; this database serves, untouched"
+{unfreeze}""",
+        retire=f"""systemctl disable --now postgresql.service
+say "retired the local PostgreSQL (stopped, disabled; its data stays in {pg_data_dir} until its volume goes)"
+{forward}""",
+        # A rerun after the carry (cfn-hup applying this metadata again): PostgreSQL stays retired (the
+        # setup skips it) and the forwarder must be serving.
+        already=f"""systemctl disable --now postgresql.service 2>/dev/null || true
+{forward}""",
+        target=target, record=record, pg_data_dir=pg_data_dir, work_dir=work_dir)
+
+
+def _script(*, what: str, setup: str, freeze: str, thaw: str, retire: str, already: str, target: str,
+            record: str, pg_data_dir: str, work_dir: str) -> str:
+    """The carry both servers share: `freeze` stops the app's writes, `thaw` undoes it on a failure
+    before the record, `retire` ends the local PostgreSQL after it, `already` runs on a rerun."""
     return f"""#!/bin/bash
-# Rendered by app_tier/carry.py: carry this server's own PostgreSQL (stage 1) into the database the
-# app uses from stage 2 on, once, verified table by table before the local copy is retired.
+# Rendered by app_tier/carry.py: carry {what}, once, verified table by table before the local copy is retired.
 set -euo pipefail
 say() {{ echo "{CARRY_LOG_PREFIX} $*"; }}
-if [ -f {record} ]; then say "already carried: $(head -n 1 {record})"; exit 0; fi
-if [ ! -f {pg_data_dir}/PG_VERSION ]; then say "no local PostgreSQL data: nothing to carry"; exit 0; fi
 set -a; . {target}; set +a
+# PostgreSQL's own account, as the owner of its data directory: the superuser over the local socket.
+pg_admin=$(stat -c %U {pg_data_dir} 2>/dev/null || echo postgres)
+source_port=5432
+local_sql() {{ (cd / && runuser -u "$pg_admin" -- psql -X -qtA -v ON_ERROR_STOP=1 -p "$source_port" \\
+  -d "${{2:-$TARGET_DB}}" -c "$1"); }}
+if [ -f {record} ]; then
+  say "already carried: $(head -n 1 {record})"
+{already}
+  exit 0
+fi
+if [ ! -f {pg_data_dir}/PG_VERSION ]; then say "no local PostgreSQL data: nothing to carry"; exit 0; fi
 [ -n "$TARGET_REGION" ] || TARGET_REGION=$(cut -d: -f4 <<<"$TARGET_SECRET_ARN")
 umask 077
 install -d -m 0700 {work_dir}
 work=$(mktemp -d {work_dir}/.carry.XXXXXX)
-units=""
-for unit in {units}; do  # a server set up before socket activation has no socket units yet
-  if [ "$(systemctl show -p LoadState --value "$unit")" = loaded ]; then units="$units $unit"; fi
-done
-app_stopped=""
+{setup}
+frozen=""
 finish() {{
   status=$?
   rm -rf "$work"
-  if [ $status -ne 0 ] && [ -n "$app_stopped" ]; then
-    say "FAILED: the app starts again on the local database, which is untouched"
-    systemctl start $units || true
+  if [ $status -ne 0 ] && [ -n "$frozen" ]; then
+{thaw}
   fi
   exit $status
 }}
 trap finish EXIT
 
-# PostgreSQL's own account, as the owner of its data directory: the superuser over the local socket.
-pg_admin=$(stat -c %U {pg_data_dir})
-local_sql() {{ (cd / && runuser -u "$pg_admin" -- psql -X -qtA -v ON_ERROR_STOP=1 -d "${{2:-$TARGET_DB}}" -c "$1"); }}
 target_sql() {{ PGPASSFILE="$work/pgpass" psql -X -qtA -v ON_ERROR_STOP=1 -h "$TARGET_HOST" -p "$TARGET_PORT" \\
   -U "$TARGET_USER" -d "$TARGET_DB" -c "$1"; }}
 COUNT_TABLES="SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"
@@ -93,6 +155,9 @@ ROW_COUNTS="SELECT string_agg(format('%s %s', t, (xpath('/row/c/text()',
   ORDER BY t COLLATE \\"C\\") FROM (SELECT tablename AS t FROM pg_tables WHERE schemaname = 'public') tables"
 
 systemctl start postgresql.service
+# The port it listens on (its socket's name): the fourth line of its pid file.
+source_port=$(sed -n 4p {pg_data_dir}/postmaster.pid 2>/dev/null || true)
+source_port=${{source_port:-5432}}
 # Whether the app's database exists here: only a query that succeeded may say "no" (an error stops the carry).
 exists=$(local_sql "SELECT count(*) FROM pg_database WHERE datname = '$TARGET_DB'" template1)
 if [ "$exists" = 0 ]; then say "no local database $TARGET_DB: nothing to carry"; exit 0; fi
@@ -110,10 +175,9 @@ done
 for attempt in $(seq 1 60); do target_sql "SELECT 1" >/dev/null 2>&1 && break; sleep 2; done
 target_sql "SELECT 1" >/dev/null
 
-say "downtime starts: stopping the app ($units)"
 started=$(date +%s.%N)
-app_stopped=1
-systemctl stop $units
+frozen=1
+{freeze}
 if [ "$(target_sql "$COUNT_TABLES")" != 0 ]; then
   earlier=$(target_sql "SELECT source FROM {MARKER_SCHEMA}.source" 2>/dev/null || true)
   if [ "$earlier" != "$source_id" ]; then
@@ -124,7 +188,7 @@ if [ "$(target_sql "$COUNT_TABLES")" != 0 ]; then
   target_sql "DROP SCHEMA public CASCADE; CREATE SCHEMA public; DROP SCHEMA {MARKER_SCHEMA} CASCADE" >/dev/null
 fi
 local_counts=$(local_sql "$ROW_COUNTS")
-{{ (cd / && runuser -u "$pg_admin" -- pg_dump --no-owner --no-privileges -d "$TARGET_DB")
+{{ (cd / && runuser -u "$pg_admin" -- pg_dump --no-owner --no-privileges -p "$source_port" -d "$TARGET_DB")
   echo "CREATE SCHEMA {MARKER_SCHEMA}; CREATE TABLE {MARKER_SCHEMA}.source (source text NOT NULL);"
   echo "INSERT INTO {MARKER_SCHEMA}.source VALUES ('$source_id');"
 }} | PGPASSFILE="$work/pgpass" psql -X -q -v ON_ERROR_STOP=1 --single-transaction -h "$TARGET_HOST" \\
@@ -142,13 +206,8 @@ target_sql "DROP SCHEMA {MARKER_SCHEMA} CASCADE" >/dev/null
 install -d -m 0755 "$(dirname {record})"
 {{ echo "to $TARGET_HOST:$TARGET_PORT/$TARGET_DB at $(date -u +%FT%TZ): $tables tables, $rows rows"; \\
    echo "$local_counts"; }} > {record}
-app_stopped=""
-# The copy is verified and recorded: the update goes on even if the local server will not stop.
-if systemctl disable --now postgresql.service; then
-  say "retired the local PostgreSQL (stopped, disabled; its data stays in {pg_data_dir} until you delete it)"
-else
-  say "the copy is verified, but the local PostgreSQL did not stop: stop and disable it by hand"
-fi
+frozen=""
+{retire}
 say "the copy took $(awk -v a="$started" -v b="$(date +%s.%N)" 'BEGIN {{ printf "%.1f", b - a }}') s"
 """
 
@@ -159,3 +218,26 @@ def carry_bootstrap(layout: render.ServerLayout, database: render.DatabaseEndpoi
         files={CARRY_TARGET: render.ServerFile(target_file(database), mode="000600"),
                CARRY_SCRIPT: render.ServerFile(carry_script(layout), mode="000700")},
         commands=[("carry-local-database", CARRY_SCRIPT)])
+
+
+def forward_units(source_port: int, target: render.DatabaseEndpoint) -> dict[str, render.ServerFile]:
+    """systemd's forwarder from the retired server's PostgreSQL port to RDS (enabled by the carry only)."""
+    return {
+        f"{render.UNIT_DIR}/{render.FORWARD_SOCKET}": render.ServerFile(
+            "[Unit]\nDescription=The retired PostgreSQL's address, forwarded to the database it was carried into\n\n"
+            f"[Socket]\nListenStream=0.0.0.0:{source_port}\nBacklog=1024\n\n[Install]\nWantedBy=sockets.target\n"),
+        f"{render.UNIT_DIR}/{render.FORWARD_SERVICE}": render.ServerFile(
+            "[Unit]\nDescription=Forward PostgreSQL connections to the database this server's data was carried into\n"
+            f"Requires={render.FORWARD_SOCKET}\nAfter={render.FORWARD_SOCKET}\n\n"
+            f"[Service]\nExecStart={SOCKET_PROXYD} --connections-max=1024 {target.host}:{target.port}\n"
+            "User=nobody\nPrivateTmp=yes\nRestart=on-failure\n"),
+    }
+
+
+def database_server_carry_bootstrap(source_port: int, target: render.DatabaseEndpoint) -> render.ServerBootstrap:
+    """The Init config that runs last on an EC2 database server moving to RDS (see the module's doc)."""
+    return render.ServerBootstrap(
+        files={CARRY_TARGET: render.ServerFile(target_file(target), mode="000600"),
+               CARRY_SCRIPT: render.ServerFile(database_server_carry_script(target.user), mode="000700"),
+               **forward_units(source_port, target)},
+        commands=[("carry-local-database", f"systemctl daemon-reload && {CARRY_SCRIPT}")])

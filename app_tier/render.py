@@ -84,6 +84,11 @@ PG_DATA_DIR = "/var/lib/pgsql/data"  # Amazon Linux 2023 postgresql15-server def
 PG_SETUP_SCRIPT = f"{LIBEXEC_DIR}/setup-postgresql"
 PG_SETTINGS_APPLIED = f"{PG_CONF_DIR}/.applied"  # the checksum of the settings PostgreSQL runs with
 PASSWORD_ENV = "WEBAPP_DB_PASSWORD"  # how the setup SQL receives the password (never argv)
+# Written by a carry (app_tier/carry.py) once this server's data was copied into a new database and verified.
+CARRIED_RECORD = "/var/lib/webapp/carried"
+# An EC2 database server whose data was carried into RDS forwards its old address there (app_tier/carry.py).
+FORWARD_SOCKET = "webapp-db-forward.socket"
+FORWARD_SERVICE = "webapp-db-forward.service"
 
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _NO_QUOTES = re.compile(r"^[^\s'\"\\]+$")
@@ -880,14 +885,35 @@ def database_server_packages(database: DatabaseEndpoint | None = None) -> list[s
     return packages
 
 
+def _carried_record_check(carrying: bool) -> str:
+    """What the setup does on a server whose data a carry copied away (its record exists).
+
+    `carrying`: this metadata carries the data away (an EC2 database server moving to RDS): PostgreSQL
+    stays retired, the carry's forwarder serves. Otherwise this database is the app's again, which after
+    a carry means the deploy that carried it was rolled back: the forwarder goes, the record is moved
+    aside (so a later carry copies again, with what was written since) and PostgreSQL starts."""
+    if carrying:
+        return f"""if [ -f {CARRIED_RECORD} ]; then
+  echo "setup-postgresql: this server's data was carried away ($(head -n 1 {CARRIED_RECORD})): PostgreSQL stays retired"
+  exit 0
+fi
+"""
+    return f"""if [ -f {CARRIED_RECORD} ]; then
+  echo "setup-postgresql: this database serves the app again (the deploy that carried it away rolled back)"
+  systemctl disable --now {FORWARD_SOCKET} {FORWARD_SERVICE} 2>/dev/null || true
+  mv {CARRIED_RECORD} {CARRIED_RECORD}.rolled-back-$(date -u +%Y%m%dT%H%M%SZ)
+fi
+"""
+
+
 def database_server_files(database: DatabaseEndpoint, allowed_cidr: str, *,
-                          listen_addresses: str = "*") -> dict[str, ServerFile]:
+                          listen_addresses: str = "*", carrying: bool = False) -> dict[str, ServerFile]:
     _check(bool(database.secret_arn), "the database server needs secret_arn: the app role's password")
     setup = f"""#!/bin/bash
 # Rendered by app_tier/render.py: initialise PostgreSQL once, apply the webapp settings and set the
 # app role's password from the secret fetched at boot. Idempotent, so cfn-hup may run it again.
 set -euo pipefail
-data={PG_DATA_DIR}
+{_carried_record_check(carrying)}data={PG_DATA_DIR}
 # The EC2 database server mounts a fresh, root-owned volume here: hand it to PostgreSQL first.
 install -d -o postgres -g postgres -m 0700 "$(dirname "$data")"
 [ -s "$data/PG_VERSION" ] || postgresql-setup --initdb
@@ -925,9 +951,10 @@ def database_server_commands(database: DatabaseEndpoint) -> list[tuple[str, str]
 
 
 def database_server_bootstrap(database: DatabaseEndpoint, allowed_cidr: str, *,
-                              listen_addresses: str = "*") -> ServerBootstrap:
+                              listen_addresses: str = "*", carrying: bool = False) -> ServerBootstrap:
     return ServerBootstrap(database_server_packages(database),
-                           database_server_files(database, allowed_cidr, listen_addresses=listen_addresses),
+                           database_server_files(database, allowed_cidr, listen_addresses=listen_addresses,
+                                                 carrying=carrying),
                            database_server_commands(database))
 
 

@@ -26,6 +26,7 @@ WAIT_HANDLE_CONFIG = "wait-handle"
 UPDATE_SIGNAL_CONFIG = "update-applied"
 WAIT_HANDLE_FILE = "/etc/cfn/webapp-wait-handle.url"
 INIT_METADATA = "AWS::CloudFormation::Init"
+CARRY_CONFIG = "carry"  # the Init config that carries a server's PostgreSQL into a new database (tools/plan.py reads it)
 # How long CloudFormation waits for a single server to apply new Init metadata before it fails the update and
 # rolls the metadata back. What it covers: cfn-hup's poll (interval=1: up to a minute, plus its start-up),
 # pip when the requirements changed (minutes), the release command (the app's migrations: unbounded, say up to
@@ -59,7 +60,7 @@ def app_server_init(layout: render.ServerLayout, database: render.DatabaseEndpoi
     if carry_local_database:
         # Before the app's config: a stage-1 server growing to stage 2 carries its own PostgreSQL into
         # the new database while its files are still stage 1's (app_tier/carry.py says why).
-        configs["carry"] = _config(carry.carry_bootstrap(layout, database))
+        configs[CARRY_CONFIG] = _config(carry.carry_bootstrap(layout, database))
     version = app_version(layout)
     # Stage 1: render's whole-server bootstrap, PostgreSQL's setup first (the lab tests its order).
     server = render.single_server_bootstrap(layout, database, app_version=version) if local_database else \
@@ -79,12 +80,17 @@ def app_version(layout: render.ServerLayout) -> str:
 
 def database_server_init(database: render.DatabaseEndpoint, *, allowed_cidr: str,
                          before: list[tuple[str, str]] = (), in_place_updates: bool = False,
-                         agent: ec2.InitConfig | None = None) -> ec2.CloudFormationInit:
-    """PostgreSQL on its own server; `before` runs first (e.g. attaching the data volume)."""
+                         agent: ec2.InitConfig | None = None,
+                         carry: render.ServerBootstrap | None = None) -> ec2.CloudFormationInit:
+    """PostgreSQL on its own server; `before` runs first (e.g. attaching the data volume); `carry`, last,
+    moves its data into RDS (app_tier/carry.py), after which the setup leaves PostgreSQL retired."""
     configs: dict[str, ec2.InitConfig] = {"agent": agent} if agent else {}
     if before:
         configs["storage"] = _config(render.ServerBootstrap(commands=list(before)))
-    configs["database"] = _config(render.database_server_bootstrap(database, allowed_cidr))
+    configs["database"] = _config(render.database_server_bootstrap(database, allowed_cidr,
+                                                                   carrying=carry is not None))
+    if carry is not None:
+        configs[CARRY_CONFIG] = _config(carry)
     return _init(configs, in_place_updates)
 
 

@@ -9,13 +9,14 @@ from __future__ import annotations
 import dataclasses
 
 from aws_cdk import Annotations, Duration, RemovalPolicy, Size, Stack
+from aws_cdk import aws_cloudformation as cfn
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_logs as logs
 from aws_cdk import aws_rds as rds
 from constructs import Construct
 
-from app_tier import render
+from app_tier import carry, render
 from cdk_constructs import bootstrap
 from cdk_constructs.nag import acknowledge, partition_and_region
 from cdk_constructs.naming import stack_id_suffix
@@ -39,12 +40,25 @@ class Database(Construct):
     Exposes `kind`, `removal_policy`, `connections`, `secret`, `endpoint` (an
     `app_tier.render.DatabaseEndpoint` for the app servers), and `instance` (the RDS instance) or
     `server` + `data_volume` (EC2), as `props` (a `DatabaseProps`) describe. The EC2 server goes in the first subnet `subnets` selects.
+
+    Moving from EC2 to RDS (`props.carry_from`, README: Growing the service): both, for one deploy. The EC2
+    server keeps its construct IDs and settings, and its Init gains a last step that carries its data
+    into RDS, verified, then forwards its old port there (app_tier/carry.py); `carry_applied` is that
+    step's wait condition, which the app servers' update waits for, and `carried_port` the old port
+    they may still use meanwhile. RDS shares the secret, so the app's user and password stay.
     """
 
     def __init__(self, scope: Construct, construct_id: str, *, props: DatabaseProps, vpc: ec2.IVpc,
                  subnets: ec2.SubnetSelection, machine_image: ec2.IMachineImage,
                  key_pair: ec2.IKeyPair | None = None, server_logs: ServerLogs | None = None) -> None:
         super().__init__(scope, construct_id)
+        self.instance = self.server = self.data_volume = None
+        self.carry_applied: cfn.CfnWaitCondition | None = None
+        self.carried_port: int | None = None
+        source = props.carry_from
+        if source is not None and (props.kind != "rds" or source.kind != "ec2" or source.instance_type is None):
+            raise ValueError("DatabaseProps.carry_from: allowed only with kind 'rds', and must describe the EC2 "
+                             "database server as deployed (kind 'ec2', its instance_type)")
         self.kind = props.kind
         self.removal_policy = props.removal_policy
         self.port = props.port
@@ -69,6 +83,11 @@ class Database(Construct):
         if props.kind == "rds":
             self._build_rds(props, vpc=vpc, subnets=subnets)
             host = self.instance.db_instance_endpoint_address
+            if source is not None:
+                self._build_ec2(source, vpc=vpc, subnets=subnets, machine_image=machine_image, region=region,
+                                key_pair=key_pair, server_logs=server_logs, carry_to=render.DatabaseEndpoint(
+                                    host=host, port=props.port, name=props.name, user=props.user,
+                                    secret_arn=self.secret.secret_arn, region=region))
         else:
             self._build_ec2(props, vpc=vpc, subnets=subnets, machine_image=machine_image, region=region,
                             key_pair=key_pair, server_logs=server_logs)
@@ -77,6 +96,11 @@ class Database(Construct):
                                                 secret_arn=self.secret.secret_arn, region=region)
         self.connections = ec2.Connections(security_groups=[self.security_group],
                                            default_port=ec2.Port.tcp(props.port))
+        if source is not None:
+            # The EC2 server reaches RDS (the two share this group): the carry's copy, then its forwarder.
+            self.connections.allow_internally(ec2.Port.tcp(props.port),
+                                              "The EC2 database server carries its data into RDS, then forwards")
+            self.carried_port = source.port
 
     def _build_rds(self, props: DatabaseProps, *, vpc: ec2.IVpc, subnets: ec2.SubnetSelection) -> None:
         # RDS creates its log group on first export, with no expiry; CDK's retention setting
@@ -108,13 +132,11 @@ class Database(Construct):
             enable_performance_insights=False,
         )
         self.instance.node.add_dependency(self.log_group)
-        self.server = None
-        self.data_volume = None
 
     def _build_ec2(self, props: DatabaseProps, *, vpc: ec2.IVpc, subnets: ec2.SubnetSelection,
                    machine_image: ec2.IMachineImage, region: str, key_pair: ec2.IKeyPair | None,
-                   server_logs: ServerLogs | None) -> None:
-        self.instance = None
+                   server_logs: ServerLogs | None, carry_to: render.DatabaseEndpoint | None = None) -> None:
+        """The EC2 database server; with `carry_to`, it carries its data into that database (RDS)."""
         # The data lives on its own volume so that replacing the server (a new AMI, a bigger
         # type) never replaces the data, and AWS Backup can snapshot just the data.
         subnet = vpc.select_subnets(subnet_type=subnets.subnet_type, subnet_group_name=subnets.subnet_group_name,
@@ -129,7 +151,8 @@ class Database(Construct):
             instance_type=ec2.InstanceType(props.instance_type), machine_image=machine_image,
             security_group=self.security_group, role=self.role, require_imdsv2=True,
             block_devices=[root_volume(props.server_root_volume_gib)], detailed_monitoring=True,
-            disable_api_termination=props.deletion_protection, key_pair=key_pair,
+            # A server that carries its data away is removed by the next deploy: no termination protection.
+            disable_api_termination=props.deletion_protection and carry_to is None, key_pair=key_pair,
         )
         image_in_launch_template(self.server)
         # cfn-init, cfn-signal, the CloudWatch agent and the package mirrors all speak HTTPS. The
@@ -148,7 +171,12 @@ class Database(Construct):
                 "The EC2 database server is in an isolated subnet but DatabaseProps.boot_dependencies is "
                 "empty: pass the VPC's S3 gateway and interface endpoints (Secrets Manager, CloudFormation, "
                 "EC2, SSM, CloudWatch Logs), or select subnets with a NAT route, or use kind='rds'.")
-        if not props.deletion_protection:
+        if carry_to is not None:
+            acknowledge(self.server, "AwsSolutions-EC29",
+                        "This server's data is carried into RDS by this deploy (database.carry_from); the next "
+                        "deploy removes the server, which termination protection would refuse. Its data volume "
+                        "keeps its removal policy.")
+        elif not props.deletion_protection:
             acknowledge(self.server, "AwsSolutions-EC29",
                         "Termination protection is off by choice (deletion_protection): an environment torn down "
                         "with cdk destroy; it is on wherever the environment keeps its data.")
@@ -186,11 +214,14 @@ class Database(Construct):
             f"mountpoint -q {DATA_MOUNT} || mount {DATA_MOUNT}",
         )
         agent = server_logs.agent_init(mount_points=["/", DATA_MOUNT]) if server_logs else None
+        carrying = None if carry_to is None else carry.database_server_carry_bootstrap(props.port, carry_to)
         init = bootstrap.database_server_init(self.endpoint_for_server, allowed_cidr=allowed_cidr, before=[attach],
-                                             in_place_updates=True, agent=agent)
+                                             in_place_updates=True, agent=agent, carry=carrying)
         if server_logs:
             server_logs.grant(self.role, server="Database")
-        bootstrap.apply_with_in_place_updates(self.server, init, signal_timeout=BOOT_SIGNAL_TIMEOUT)
+        applied = bootstrap.apply_with_in_place_updates(self.server, init, signal_timeout=BOOT_SIGNAL_TIMEOUT)
+        if carry_to is not None:
+            self.carry_applied = applied
 
     def grant_connect(self, grantee: iam.IGrantable) -> None:
         """Let the app servers read the database credentials at boot."""

@@ -82,6 +82,9 @@ class DatabaseProps:
     log_retention_days: int = 30
     server_root_volume_gib: int = 16
     boot_dependencies: Sequence[IDependable] = ()
+    # With kind "rds": the EC2 database server (kind "ec2", as deployed) whose data this deploy carries
+    # into RDS. The server is kept, carries, then forwards its address to RDS (app_tier/carry.py).
+    carry_from: DatabaseProps | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

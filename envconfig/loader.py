@@ -146,7 +146,9 @@ def _walk(loc: tuple) -> tuple[type | None, Any]:
             field = fields[part]
             annotation = field.annotation
             table_of = get_args(annotation)[1] if get_origin(annotation) is dict else None
-            model = annotation if hasattr(annotation, "__pydantic_fields__") else None
+            # A table that may be absent (`Model | None`) is that model's.
+            models = [a for a in (annotation, *get_args(annotation)) if hasattr(a, "__pydantic_fields__")]
+            model = models[0] if models else None
             if not hasattr(table_of, "__pydantic_fields__"):
                 table_of = None
         elif table_of is not None:   # a key of a table of models (app.secrets.NAME)

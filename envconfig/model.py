@@ -249,6 +249,22 @@ class ServersConfig(Section):
 
 
 @dataclass(frozen=True, config=MODEL_CONFIG, kw_only=True)
+class CarrySourceConfig(Section):
+    """The EC2 database server an environment moves to RDS from, as its [database] table described it
+    (README: Growing the service). The deploy with it keeps that server as it is, next to the new RDS
+    instance, carries its data into RDS and forwards its address there; the next deploy, without it,
+    removes the server. Its database name and user are [database]'s: RDS takes over both."""
+
+    kind: Literal["ec2"] = _one_of("ec2", ("ec2",))
+    instance_type: Annotated[str, AfterValidator(_known_instance_type)] | None = _text(
+        None, "the EC2 database server's instance type as deployed (default: t3.micro, or t4g.micro with arm64 "
+              "servers)")
+    storage_gib: int = _whole(20, 16384, 20, note=" (its data volume as deployed)")
+    port: int = _whole(1024, 65535, 5432, note=" (its port as deployed)")
+    root_volume_gib: int = _whole(8, 1024, 16, note=" (its root volume as deployed)")
+
+
+@dataclass(frozen=True, config=MODEL_CONFIG, kw_only=True)
 class DatabaseConfig(Section):
     kind: DatabaseKind = _one_of("ec2", DATABASE_KINDS)   # stage 1 always runs it on the app server
     # RDS names the same types with a db. prefix; the EC2 database server shares the app's architecture.
@@ -263,11 +279,22 @@ class DatabaseConfig(Section):
     multi_az: bool | None = _flag(
         None, note=" (default: true for kind \"rds\" unless operations.removal_policy is \"destroy\")")
     root_volume_gib: int = _whole(8, 1024, 16, note=" (the EC2 database server's root volume)")
+    # Moving from an EC2 database server to RDS: that server's old [database] settings, for one deploy.
+    carry_from: CarrySourceConfig | None = Field(
+        None, description="a [database.carry_from] table: the EC2 database server's settings as deployed "
+                          "(kind = \"ec2\", instance_type, storage_gib, port, root_volume_gib), for the one "
+                          "deploy that carries its data into RDS")
 
     @rule
     def _multi_az_is_rds(c, found: Problems) -> None:
         if c.multi_az and c.kind == "ec2":
             found.add("multi_az", "got true with database.kind 'ec2'; allowed: false for an EC2 database server")
+
+    @rule
+    def _carry_into_rds(c, found: Problems) -> None:
+        if c.carry_from is not None and c.kind != "rds":
+            found.add("carry_from", f"is set with database.kind {c.kind!r}; allowed: only with kind = \"rds\" "
+                                    "(the EC2 database server whose data moves into RDS), or remove it")
 
 
 def _admin_cidrs(cidrs: tuple[str, ...]) -> tuple[str, ...]:
@@ -657,6 +684,10 @@ class EnvironmentConfig(Section):
             # A standby in a second zone for the data that is kept.
             "multi_az": kind == "rds" and removal_policy != "destroy",
         })
+        carried = raw.get("database", {}).get("carry_from") if isinstance(raw.get("database"), dict) else None
+        if isinstance(carried, dict) and "instance_type" not in carried:
+            raw["database"]["carry_from"] = {**carried, "instance_type": DEFAULT_DATABASE_INSTANCE_TYPES.get(
+                architecture, DEFAULT_DATABASE_INSTANCE_TYPES["x86_64"])}
         fill(raw, "app", AppConfig, {
             "processes_per_server": _processes_default(raw.get("stage"),
                                                        read(raw, "servers", "instance_type", ServersConfig))})
@@ -691,6 +722,21 @@ class EnvironmentConfig(Section):
                                                      "that architecture (the EC2 database server shares it)")
 
     @rule
+    def _carry_from_a_database_server(c, found: Problems) -> None:
+        source = c.database.carry_from
+        if source is None:
+            return
+        if c.stage == Stage.SINGLE_SERVER:
+            found.add(("database", "carry_from"), "is set with stage 1, which has no database server; allowed: "
+                                                  "stage 2 or later (stage 1 -> 2 carries its own data: no "
+                                                  "carry_from needed)")
+        family_arch = _family_architecture(source.instance_type)
+        if family_arch != c.servers.architecture:
+            found.add(("database", "carry_from", "instance_type"),
+                      f"got {source.instance_type!r}, an {family_arch} instance family, but servers.architecture is "
+                      f"{c.servers.architecture!r}; allowed: the type the EC2 database server runs as deployed")
+
+    @rule
     def _nat_for_private_servers(c, found: Problems) -> None:
         if c.stage.load_balanced and c.network.nat_gateways == 0:
             found.add(("network", "nat_gateways"), f"got 0 with stage {int(c.stage)}: app servers sit in private "
@@ -711,7 +757,8 @@ class EnvironmentConfig(Section):
 
     @rule
     def _endpoints_for_an_isolated_database(c, found: Problems) -> None:
-        if c.stage >= Stage.SEPARATE_DATABASE and c.database.kind == "ec2" and not c.network.interface_endpoints:
+        if c.stage >= Stage.SEPARATE_DATABASE and (c.database.kind == "ec2" or c.database.carry_from) \
+                and not c.network.interface_endpoints:
             found.add(("network", "interface_endpoints"), "got false, but the EC2 database server sits in an isolated "
                                                           "subnet and needs them to fetch its secret and signal "
                                                           "CloudFormation; allowed: true, or database.kind = \"rds\"")

@@ -51,7 +51,14 @@ def server_props(config: EnvironmentConfig, *, key_pair: ec2.IKeyPair | None) ->
 
 def database_props(config: EnvironmentConfig, network: Network) -> DatabaseProps:
     database = config.database
-    return DatabaseProps(
+    source = database.carry_from
+    carry_from = None if source is None else DatabaseProps(
+        kind=source.kind, instance_type=source.instance_type, storage_gib=source.storage_gib, name=database.name,
+        user=database.user, port=source.port, removal_policy=REMOVAL_POLICIES[config.operations.removal_policy],
+        # The server is retired by the next deploy: termination protection would make that deploy fail.
+        deletion_protection=False, server_root_volume_gib=source.root_volume_gib,
+        boot_dependencies=tuple(network.boot_endpoints))
+    return DatabaseProps(carry_from=carry_from,
         kind=database.kind, instance_type=database.instance_type, storage_gib=database.storage_gib,
         name=database.name, user=database.user, port=database.port, multi_az=database.multi_az,
         removal_policy=REMOVAL_POLICIES[config.operations.removal_policy],

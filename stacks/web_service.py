@@ -62,7 +62,8 @@ class WebServiceStack(Stack):
                                       retention_days=config.operations.log_retention_days,
                                       removal_policy=stateful_removal,
                                       nginx=stage_class is MultiProcess,
-                                      postgresql=config.database.kind == "ec2")
+                                      postgresql=config.database.kind == "ec2"
+                                      or config.database.carry_from is not None)
         key_pair = self._key_pair(config)
         props = {
             "vpc": self.network.vpc, "app": mapping.app_spec(config),

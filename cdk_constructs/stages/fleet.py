@@ -51,7 +51,8 @@ class LoadBalancedFleet:
                                             display_name=f"{scope.node.path} scaling notifications")
         server_image, data_server_image = parts.images(servers)
         self.logs = parts.logs_for(scope, logs, servers=servers, nginx=layout.proxy,
-                                   postgresql=database.kind == "ec2", removal_policy=database.removal_policy)
+                                   postgresql=parts.runs_postgresql_server(database),
+                                   removal_policy=database.removal_policy)
         self.database = parts.database_for(scope, database, vpc=vpc, subnets=subnets, servers=servers,
                                            image=data_server_image, logs=self.logs)
         certificate = balancer.certificate
@@ -80,7 +81,7 @@ class LoadBalancedFleet:
             max_healthy_percent=balancer.rollout_max_healthy_percent,
             warmup_seconds=balancer.rollout_warmup_seconds, bake_seconds=balancer.rollout_bake_seconds)
         self.load_balancer.add_targets(self.app_servers)
-        parts.connect_database(self.database, self.app_servers)
+        parts.connect_database(self.database, self.app_servers, self.app_servers.group)
         self.logs.grant(self.app_servers.role, server="AppServers")
         parts.grant_app_secrets(scope, self.app_servers.role, layout.app)
         # Scale out on load per server and on CPU; whichever asks for more servers wins. Scaling

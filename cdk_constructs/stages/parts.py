@@ -76,9 +76,24 @@ def database_for(scope: Construct, database: DatabaseProps | Database, *, vpc: e
                     machine_image=image, key_pair=servers.key_pair, server_logs=logs)
 
 
-def connect_database(database: Database, app_servers) -> None:
+def connect_database(database: Database, app_servers, update_target) -> None:
+    """Open the database to the app servers. While an EC2 database server carries its data into RDS
+    (`Database.carry_applied`), they keep its old port too, and `update_target` (their instance or group)
+    is updated only after the carry: until then they reach RDS through that server's forwarder."""
     database.connections.allow_default_port_from(app_servers.connections, "PostgreSQL from the app servers only")
+    if database.carried_port is not None and database.carried_port != database.port:
+        database.connections.allow_from(app_servers.connections, ec2.Port.tcp(database.carried_port),
+                                        "PostgreSQL from the app servers only")
+    if database.carry_applied is not None:
+        update_target.node.add_dependency(database.carry_applied)
     database.grant_connect(app_servers.role)
+
+
+def runs_postgresql_server(database: DatabaseProps | Database) -> bool:
+    """Whether the stage has an EC2 database server (its own, or one carrying its data into RDS)."""
+    if isinstance(database, Database):
+        return database.server is not None
+    return database.kind == "ec2" or database.carry_from is not None
 
 
 def grant_app_secrets(scope: Construct, role: iam.IRole, app: render.AppSpec) -> None:
@@ -110,17 +125,18 @@ def watch_app_server(monitoring: ServiceMonitoring, instance: ec2.Instance) -> N
 
 
 def watch_database(monitoring: ServiceMonitoring, database: Database) -> None:
-    if database.kind == "rds":
+    """RDS, and the EC2 database server (also while it carries its data into RDS)."""
+    if database.instance is not None:
         monitoring.watch_rds(database.instance)
-    else:
+    if database.server is not None:
         instance_id = database.server.instance_id
         monitoring.watch_servers("Database server", dimensions={"InstanceId": instance_id},
                                  disk_paths={"Root": "/", "Data": DATA_MOUNT}, instance_id=instance_id)
 
 
 def database_backups(database: Database) -> list[backup.BackupResource]:
-    """RDS backs itself up; the EC2 database server's data volume needs AWS Backup."""
-    return [] if database.kind == "rds" else [backup.BackupResource.from_construct(database.data_volume)]
+    """RDS backs itself up; the EC2 database server's data volume needs AWS Backup (until it is removed)."""
+    return [] if database.data_volume is None else [backup.BackupResource.from_construct(database.data_volume)]
 
 
 def address_record(scope: Construct, domain: Domain | None, target: route53.RecordTarget) -> route53.ARecord | None:

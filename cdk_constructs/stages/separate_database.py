@@ -36,7 +36,8 @@ class SeparateDatabase(Construct):
         self.layout = parts.server_layout(app, stage=self.STAGE)
         self.load_balancer = None
         self.logs = parts.logs_for(self, logs, servers=servers, nginx=False,
-                                   postgresql=database.kind == "ec2", removal_policy=database.removal_policy)
+                                   postgresql=parts.runs_postgresql_server(database),
+                                   removal_policy=database.removal_policy)
 
         self.database = parts.database_for(self, database, vpc=vpc, subnets=subnets, servers=servers,
                                            image=data_server_image, logs=self.logs)
@@ -49,7 +50,7 @@ class SeparateDatabase(Construct):
         self.app_servers, self.url = parts.public_app_server(
             self, layout=self.layout, init=init, machine_image=data_server_image, vpc=vpc, servers=servers,
             subnets=subnets, domain=domain, logs=self.logs)
-        parts.connect_database(self.database, self.app_servers)
+        parts.connect_database(self.database, self.app_servers, self.app_servers.instance)
         self.connections = self.app_servers.connections
 
     def watch(self, monitoring: ServiceMonitoring) -> None:
