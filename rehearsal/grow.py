@@ -304,7 +304,7 @@ def boot_database_server(env: run.Environment, template: dict, assembly: Path, g
 
 
 def start_rds_standin(env: run.Environment, template: dict, config) -> ct.Container:
-    """RDS cannot run here: PostgreSQL in a container of its own with the new secret's master user,
+    """RDS cannot run here: PostgreSQL in a container of its own with its secret's master user,
     behind the instance's security groups (as the boot and deploy rehearsals stand it in)."""
     (rds,) = [lid for lid, r in template["Resources"].items() if r["Type"] == "AWS::RDS::DBInstance"]
     props = template["Resources"][rds]["Properties"]
@@ -313,9 +313,10 @@ def start_rds_standin(env: run.Environment, template: dict, config) -> ct.Contai
     env.attributes[(rds, "Endpoint.Port")] = str(port)
     db = env.container("rds")
     env.enforce_security_groups(db, rds)
-    # The newest secret of the app's user: the one this template made for RDS (stage 1's is the local one's).
-    secret = next(v for v in reversed(list(env.secret_values.values())) if v.get("username") == config.database.user)
-    run.start_rds_standin(db, secret, props.get("DBName", config.database.name), port)
+    # The secret the instance's master password comes from (an EC2 database server moving to RDS shares it).
+    (secret,) = {lid for lid, _ in planner.references(props.get("MasterUserPassword"))
+                 if template["Resources"].get(lid, {}).get("Type") == "AWS::SecretsManager::Secret"}
+    run.start_rds_standin(db, env.secret_values[secret], props.get("DBName", config.database.name), port)
     return db
 
 
@@ -370,6 +371,151 @@ def grow_fleet_stage(g: Growth, stage: int, workdir: Path, step: Step) -> Growth
     step.facts.append("the service moves to the load balancer's address (DNS): the client's errors are not "
                       "measured here" if stage == 3 else "rolled by instance refresh (make rehearse-deploy)")
     return Growth(env, c, g.database, g.seeded, visits or 0, template)
+
+
+def raw_moving_to_rds(stage: int) -> dict:
+    """The transitional config: RDS, with the EC2 database server's settings under [database.carry_from]
+    (dev's: all defaults)."""
+    raw = raw_at(stage, database="rds")
+    raw["database"]["carry_from"] = {"kind": "ec2"}
+    return raw
+
+
+def move_to_rds(g: Growth, stage: int, workdir: Path, step: Step) -> tuple[Growth, ct.Container] | None:
+    """EC2 PostgreSQL -> RDS on a load-balanced stage, the first of two deploys ([database.carry_from]):
+    the database server is kept and carries its data into RDS (its stand-in), verified, then forwards
+    its old port there; the app servers' update (here: one new server of the new launch template) comes
+    after, as its dependency on the carry's wait condition orders it. The old server serves throughout,
+    through the forwarder once the carry is done."""
+    raw = raw_moving_to_rds(stage)
+    config = synth.parse(ENVIRONMENT, raw)
+    assembly = synth.synthesize([config], workdir / f"cdk.out.stage{stage}.carry")
+    template = tpl.load(assembly, config.stack_name)
+    plan = plan_between(g.template, template, config)
+    (db_server,) = [s for s in g.env.servers if s.kind == "database server"]
+    server_change = next((c for c in plan.changes if c.logical_id == db_server.logical_id), None)
+    rds_change = next((c for c in plan.changes if c.type == "AWS::RDS::DBInstance"), None)
+    gone = [f for f in plan.data if f.fate in ("replaced", "deleted") and "database" in f.what.lower()]
+    if server_change is None or server_change.action != planner.UPDATE or rds_change is None \
+            or rds_change.action != planner.CREATE or gone or plan.data_loss:
+        step.fail(f"make plan: database server {server_change.action if server_change else 'unchanged'}, "
+                  f"RDS {rds_change.action if rds_change else 'absent'}, data loss {plan.data_loss}, "
+                  f"{'; '.join(f'{f.name}: {f.detail}' for f in gone)}")
+        return None
+    step.facts.append("plan: database server updated in place, RDS created, no data lost")
+    env = g.env
+    env.adopt(assembly, template, raw, config)
+    (db_server,) = [s for s in env.servers if s.kind == "database server"]
+    member = next(s for s in env.servers if s.is_app_server)
+    env.SLOTS = {**env.SLOTS, "rds": 3}  # RDS next to the database server (the two share slot 0 otherwise)
+    rds = start_rds_standin(env, template, config)
+    env.attributes[(db_server.logical_id, "PrivateIp")] = env.address("db")
+    for c, lid in ((g.database, db_server.logical_id), (g.app, member.logical_id)):
+        env.enforce_security_groups(c, lid)
+        c.refs.update({k: v for k, v in env.refs.items() if k not in c.refs})
+    before = row_counts(g.database, config.database.name)
+    poller = Poller(f"http://{g.app.address}:{member.service_port}/")
+    try:
+        time.sleep(2)
+        started = time.monotonic()
+        env.publish(g.database, db_server, assembly, template)  # the deploy: the database server's cfn-hup
+        deadline, carried = time.monotonic() + CARRY_WAIT_SEC, False
+        while time.monotonic() < deadline:
+            record = g.database.run(f"cat {carry.CARRIED_RECORD}", check=False)
+            forwarding = g.database.run(f"systemctl is-active {render.FORWARD_SOCKET}",
+                                        check=False).stdout.strip() == "active"
+            if record.returncode == 0 and forwarding and poller.results and poller.results[-1][1]:
+                carried = True
+                break
+            if "FAILED" in g.database.run(f"grep -h '{carry.CARRY_LOG_PREFIX}' /var/log/cfn-init-cmd.log "
+                                          "2>/dev/null | tail -n 3", check=False).stdout:
+                break
+            time.sleep(0.5)
+        took = time.monotonic() - started
+        time.sleep(2)
+    finally:
+        poller.stop()
+    log = g.database.run(f"grep -h '{carry.CARRY_LOG_PREFIX}' /var/log/cfn-init-cmd.log /var/log/cfn-init.log "
+                         "2>/dev/null | uniq", check=False).stdout
+    if not carried:
+        step.fail(f"the carry did not finish in {CARRY_WAIT_SEC} s:\n{log[-2000:]}\n{run.diagnose(g.database)}")
+        return None
+    handle = g.database.cfn_stack.wait_for_signal(db_server.wait_handle, 120) if db_server.wait_handle else None
+    if not handle or handle["status"] != "SUCCESS":
+        step.fail(f"the database server's wait condition handle {db_server.wait_handle} got "
+                  f"{handle['status'] if handle else 'no signal'}: the deploy would roll back")
+    else:
+        step.facts.append("the database server's wait condition got SUCCESS (the app servers' update waits for it)")
+    after = row_counts(rds, config.database.name, config.database.port)
+    check_rows(step, g.seeded, before, after)
+    lines = [line for line in log.splitlines() if carry.CARRY_LOG_PREFIX in line]
+    order = [next((i for i, line in enumerate(lines) if text in line), None)
+             for text in ("downtime starts", "verified:", "retired the local PostgreSQL", "forwarding")]
+    if None in order or order != sorted(order):
+        step.fail(f"freeze, verification, retirement and forwarding out of order: {lines}")
+    state = g.database.run("systemctl is-enabled postgresql.service; systemctl is-active postgresql.service; "
+                           f"test -f {render.PG_DATA_DIR}/PG_VERSION && echo files-kept", check=False).stdout.split()
+    if state[:3] != ["disabled", "inactive", "files-kept"]:
+        step.fail(f"the database server's PostgreSQL after the carry: {state} (expected disabled, inactive, "
+                  "files kept)")
+    # The old app server, not yet moved, reaches RDS through the forwarder.
+    visits = run.visits(g.app, member)
+    if visits is None or visits <= g.visits:
+        step.fail(f"visits {g.visits} before, {visits} after the carry through the forwarder")
+    error_sec, failed_polls = poller.error_seconds()
+    copy_line = next((line for line in lines if "the copy took" in line), "")
+    step.facts.append(f"{sum(after.values())} rows in {len(after)} tables equal on both sides")
+    step.facts.append(f"errors seen by a client polling every 100 ms: {error_sec:.1f} s ({failed_polls} failed "
+                      f"polls); new metadata to served through the forwarder in {took:.0f} s"
+                      + (f" ({copy_line.split('the copy took', 1)[1].strip()} copy)" if copy_line else ""))
+    step.numbers.update({"rds_error_seconds": round(error_sec, 2), "rds_failed_polls": failed_polls})
+    # Then the app servers' update: a server of the new launch template, straight to RDS; the old one goes.
+    c = env.container("broken")
+    env.stage_server(c, member, assembly, template)
+    result = run.Result(ENVIRONMENT, member.kind)
+    if not run.boot_and_signal(c, member, result) or result.failures:
+        step.fail(f"a server of the new launch template did not boot: {result.failures}")
+        return None
+    host = c.run(f"grep -h '^DB_HOST=' {render.ENV_FILE}", check=False).stdout
+    if env.address("rds") not in host:
+        step.fail(f"the new server's database host is {host.strip()!r}, not RDS ({env.address('rds')})")
+    g.app.poweroff(60)
+    new_visits = run.visits(c, member)
+    if new_visits is None or new_visits <= (visits or 0):
+        step.fail(f"visits {visits} through the forwarder, {new_visits} on the new server")
+    step.facts.append(f"a server of the new launch template signalled in {result.boot_to_signal_sec:.0f} s and "
+                      "serves from RDS directly; the old server went")
+    return Growth(env, c, rds, g.seeded, new_visits or 0, template), g.database
+
+
+def retire_database_server(g: Growth, old_server: ct.Container, stage: int, workdir: Path, step: Step) -> Growth | None:
+    """The second deploy, without [database.carry_from]: the EC2 database server (and its volume, per its
+    policy) goes. The plan must know its data was carried by the deploy before; RDS and every row stay."""
+    raw = raw_at(stage, database="rds")
+    config = synth.parse(ENVIRONMENT, raw)
+    assembly = synth.synthesize([config], workdir / f"cdk.out.stage{stage}.rds")
+    template = tpl.load(assembly, config.stack_name)
+    plan = plan_between(g.template, template, config)
+    deleted = {c.type for c in plan.changes if c.action == planner.DELETE}
+    rds_change = next((c for c in plan.changes if c.type == "AWS::RDS::DBInstance"), None)
+    if plan.data_loss or "AWS::EC2::Instance" not in deleted or "AWS::EC2::Volume" not in deleted \
+            or (rds_change and rds_change.action in (planner.REPLACE, planner.DELETE)):
+        step.fail("make plan: " + "; ".join(f"{f.name}: {f.detail}" for f in plan.data if f.loss or
+                                            f.fate in ("deleted", "replaced")))
+        return None
+    step.facts.append("plan: the database server and its volume deleted, its data carried by the deploy before; "
+                      "RDS kept")
+    g.env.adopt(assembly, template, raw, config)
+    before = row_counts(g.database, config.database.name, config.database.port)
+    old_server.poweroff(60)
+    member = next(s for s in g.env.servers if s.is_app_server)
+    visits = run.visits(g.app, member)
+    after = row_counts(g.database, config.database.name, config.database.port)
+    check_rows(step, g.seeded, before, after)
+    if visits is None or visits <= g.visits:
+        step.fail(f"visits {g.visits} before, {visits} after the database server went")
+    step.facts.append(f"the database server is gone; {sum(after.values())} rows on RDS, the app serves")
+    return Growth(g.env, g.app, g.database, g.seeded, visits or 0, template)
 
 
 def start_stage_1(env: run.Environment, assembly: Path, template: dict, config, events: int,
@@ -435,6 +581,15 @@ def main(argv: list[str] | None = None) -> int:
                 step = Step(f"{stage - 1} -> {stage}")
                 steps.append(step)
                 g = grow_fleet_stage(g, stage, workdir, step)
+            if g and not args.only_first:
+                # EC2 PostgreSQL -> RDS at stage 4, in its two deploys.
+                step = Step("4 ec2 -> rds")
+                steps.append(step)
+                moved = move_to_rds(g, 4, workdir, step)
+                if moved:
+                    step = Step("4 rds only")
+                    steps.append(step)
+                    g = retire_database_server(moved[0], moved[1], 4, workdir, step)
         if not args.only_first:
             # 1 -> 2 into RDS (its stand-in): another stage-1 server, the same carry, the other kind of target.
             env.cleanup()
@@ -458,7 +613,6 @@ def main(argv: list[str] | None = None) -> int:
             ct.bridge_down()
     for step in steps:
         say(step.line())
-    say("not rehearsed: EC2 PostgreSQL -> RDS (nothing carries that data yet; `make plan` flags the step)")
     say(f"growth rehearsal took {time.monotonic() - started:.0f} s")
     if args.figures and figures:
         args.figures.write_text(json.dumps(figures, indent=2))

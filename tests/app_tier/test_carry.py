@@ -66,7 +66,8 @@ def stub(directory: Path, name: str, body: str) -> None:
     path.chmod(path.stat().st_mode | stat.S_IXUSR)
 
 
-def run_carry(tmp_path: Path, source: LabDatabase, target: LabDatabase, *, data_dir: Path | None = None):
+def run_carry(tmp_path: Path, source: LabDatabase, target: LabDatabase, *, data_dir: Path | None = None,
+              database_server: bool = False):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
     log = tmp_path / "systemctl.log"
@@ -80,9 +81,10 @@ def run_carry(tmp_path: Path, source: LabDatabase, target: LabDatabase, *, data_
     target_env.write_text(carry.target_file(render.DatabaseEndpoint(
         host="127.0.0.1", port=target.database.port, secret_arn="arn:aws:secretsmanager:ap-northeast-2:1:secret:db")))
     script = tmp_path / "carry.sh"
-    script.write_text(carry.carry_script(render.ServerLayout(), target=str(target_env),
-                                         record=str(tmp_path / "record" / "carried"),
-                                         pg_data_dir=str(data_dir or source.data), work_dir=str(tmp_path / "run")))
+    paths = {"target": str(target_env), "record": str(tmp_path / "record" / "carried"),
+             "pg_data_dir": str(data_dir or source.data), "work_dir": str(tmp_path / "run")}
+    script.write_text(carry.database_server_carry_script("app", **paths) if database_server
+                      else carry.carry_script(render.ServerLayout(), **paths))
     env = {"PATH": f"{bin_dir}:{find_postgres_bin()}:/usr/bin:/bin", "HOME": str(tmp_path)}
     result = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=120, check=False)
     calls = log.read_text().splitlines() if log.exists() else []
@@ -167,3 +169,60 @@ def test_the_rendered_script_is_root_only_and_names_no_secret():
     assert bootstrap.commands == [("carry-local-database", carry.CARRY_SCRIPT)]
     assert subprocess.run(["bash", "-n"], input=bootstrap.files[carry.CARRY_SCRIPT].content, text=True).returncode == 0
     assert os.path.basename(carry.CARRY_SCRIPT) == "carry-local-database"
+
+
+# --- EC2 PostgreSQL -> RDS: the database server carries its own data and then forwards its port -------------
+
+def can_log_in(db: LabDatabase) -> bool:
+    try:
+        psql(db, "SELECT 1")
+        return True
+    except subprocess.CalledProcessError:
+        return False
+
+
+def test_a_database_server_freezes_the_app_role_copies_verifies_then_retires_and_forwards(servers, tmp_path):
+    source, target = servers
+    seed(source)
+    result, calls = run_carry(tmp_path, source, target, database_server=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    source_counts = {t: int(psql(source, f"SELECT count(*) FROM {t}", as_admin=True)) for t in ("customers", "orders")}
+    assert counts(target) == source_counts == {"customers": 300, "orders": 1000}
+    assert "2 tables, 1300 rows" in (tmp_path / "record" / "carried").read_text()
+    # The app servers could not write meanwhile (the role may not log in), and the retired copy stays so.
+    assert not can_log_in(source)
+    assert calls == ["start postgresql.service", "disable --now postgresql.service",
+                     f"enable --now {render.FORWARD_SOCKET}"]
+    lines = result.stdout.splitlines()
+    assert [i for i, line in enumerate(lines) if "verified:" in line] < \
+        [i for i, line in enumerate(lines) if "retired the local PostgreSQL" in line] < \
+        [i for i, line in enumerate(lines) if "forwarding this server's PostgreSQL address" in line]
+    # A rerun (cfn-hup applying the metadata again) copies nothing and keeps the forwarder serving.
+    again, calls = run_carry(tmp_path, source, target, database_server=True)
+    assert again.returncode == 0 and "already carried" in again.stdout
+    assert calls[-1] == f"enable --now {render.FORWARD_SOCKET}"
+
+
+def test_a_refused_database_server_carry_lets_the_app_role_log_in_again(servers, tmp_path):
+    source, target = servers
+    seed(source)
+    psql(target, "CREATE TABLE theirs (id int); INSERT INTO theirs VALUES (1)")
+    result, calls = run_carry(tmp_path, source, target, database_server=True)
+    assert result.returncode != 0 and "REFUSED" in result.stdout
+    assert can_log_in(source) and counts(source)["orders"] == 1000
+    assert psql(target, "SELECT count(*) FROM theirs") == "1"
+    assert not any("disable" in c or render.FORWARD_SOCKET in c for c in calls)
+    assert not (tmp_path / "record" / "carried").exists()
+
+
+def test_the_setup_of_a_carried_server_keeps_it_retired_or_serves_again_after_a_rollback():
+    carrying = render.database_server_files(render.DatabaseEndpoint(host="0.0.0.0", secret_arn="arn:x"), "10.0.0.0/16",
+                                            carrying=True)[render.PG_SETUP_SCRIPT].content
+    serving = render.database_server_files(render.DatabaseEndpoint(host="0.0.0.0", secret_arn="arn:x"), "10.0.0.0/16",
+                                           )[render.PG_SETUP_SCRIPT].content
+    # Both check the record before anything starts PostgreSQL.
+    for script in (carrying, serving):
+        assert script.index(render.CARRIED_RECORD) < script.index("systemctl start postgresql.service")
+    assert "PostgreSQL stays retired" in carrying and "exit 0" in carrying.split("systemctl enable")[0]
+    assert f"mv {render.CARRIED_RECORD} {render.CARRIED_RECORD}.rolled-back-" in serving
+    assert f"disable --now {render.FORWARD_SOCKET}" in serving
