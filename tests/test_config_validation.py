@@ -402,3 +402,35 @@ def test_app_exits_with_a_clear_message_no_traceback_and_nothing_synthesized(tmp
     assert expected in result.stderr
     assert "Traceback" not in result.stderr + result.stdout
     assert list((tmp_path / "out").iterdir()) == []
+
+
+@pytest.mark.parametrize("changes,expected", [
+    ({"database.carry_from": {"kind": "ec2"}, "database.kind": "ec2", "stage": 2,
+      "network.interface_endpoints": True},
+     "database.carry_from: is set with database.kind 'ec2'; allowed: only with kind = \"rds\""),
+    ({"database.carry_from": {"kind": "ec2"}, "database.kind": "rds", "database.port": 5433, "stage": 1},
+     "database.carry_from: is set with stage 1, which has no database server"),
+    ({"database.carry_from": {"kind": "ec2", "instance_type": "t4g.small"}, "database.kind": "rds",
+      "database.port": 5433, "stage": 2, "network.interface_endpoints": True},
+     "database.carry_from.instance_type: got 't4g.small', an arm64 instance family"),
+    ({"database.carry_from": {"kind": "ec2"}, "database.kind": "rds", "database.port": 5433, "stage": 2},
+     "network.interface_endpoints: got false, but the EC2 database server sits in an isolated subnet"),
+    ({"database.carry_from": {"kind": "rds"}, "database.kind": "rds", "stage": 2},
+     "database.carry_from.kind: got 'rds'; allowed: ec2"),
+    ({"database.carry_from": {"kind": "ec2", "port": 80}, "database.kind": "rds", "stage": 2},
+     "database.carry_from.port: got 80; allowed: a whole number from 1024 to 65535 (its port as deployed)"),
+])
+def test_moving_to_rds_names_the_old_database_servers_settings(changes, expected):
+    raw = DEV
+    for path, value in changes.items():
+        raw = _with(raw, path, value)
+    problems = _problems(raw, "dev")
+    assert any(line.startswith(f"environment 'dev': {expected}") for line in problems), problems
+
+
+def test_moving_to_rds_from_dev_at_stage_2_needs_only_the_old_table_under_carry_from():
+    raw = _with(_with(_with(DEV, "stage", 2), "network.interface_endpoints", True), "database",
+                {"kind": "rds", "port": 5433, "carry_from": {"kind": "ec2"}})
+    config = parse_environment("dev", raw)
+    assert config.database.carry_from == model.CarrySourceConfig(kind="ec2", instance_type="t3.micro", storage_gib=20,
+                                                                 port=5432, root_volume_gib=16)
