@@ -26,6 +26,17 @@ across, once, before anything of stage 2 touches the server:
      untouched; cfn-init fails, the server's wait condition gets FAILURE, the deploy rolls back to
      stage 1, and the next deploy of stage 2 starts over.
 
+The same script, rendered for the EC2 database server (`database_server_carry_script`), carries an
+EC2 database server's PostgreSQL into RDS ([database.carry_from], README: Growing the service). It runs
+last in that server's Init, on the deploy that creates RDS next to it. The app servers stay where they
+are meanwhile, so the freeze is in the database: the app's role may not log in and its sessions end
+(and may log in again on a failure). After the verification PostgreSQL is retired and systemd's
+forwarder takes its port, passing each connection to RDS, until the app servers' own update (which
+waits for this step's wait condition) points them at RDS. A rerun keeps PostgreSQL retired and the
+forwarder serving; the setup script skips PostgreSQL once the record exists (render.CARRIED_RECORD),
+and, on a server whose metadata no longer carries (a rolled-back deploy), moves the record aside and
+serves again.
+
 Run as root by cfn-init. The target's password is read from its Secrets Manager secret into a
 root-only file on tmpfs, never argv or the environment of another process.
 """

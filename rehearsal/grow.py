@@ -15,11 +15,18 @@ the environment is deployed again, as a user grows it:
           client saw errors;
   2 -> 3, 3 -> 4  the change must replace no data holder (tools.plan); a server of the new stage's
           group boots against the same database server; every row is still there and the app serves;
-  1 -> 2 rds  a second stage-1 server, grown to stage 2 on RDS (PostgreSQL in a container stands in for
-          it, with the new secret's master user): the same carry into the other kind of target.
+  4 ec2 -> rds  EC2 PostgreSQL -> RDS, the deploy with [database.carry_from]: the plan must keep the database
+          server (updated in place) and create RDS (PostgreSQL in a container stands in for it, with the
+          secret the two share); the server's cfn-hup carries its data into RDS, verified, then forwards its
+          port there. Checked: every row on RDS, the order freeze -> verified -> retired -> forwarding, the
+          server's wait condition SUCCESS, the old app server serving through the forwarder, the client's
+          seconds of errors; then a server of the new launch template serves from RDS directly;
+  4 rds only  the next deploy, without carry_from: the plan must say the server and its volume go with
+          their data carried; the server goes; RDS keeps every row and the app serves;
+  1 -> 2 rds  a second stage-1 server, grown to stage 2 on RDS (its stand-in, with its secret's master
+          user): the app server's carry into the other kind of target.
 
 One line per step; the last reads `growth rehearsal: N steps, M failed, R rows checked`.
-EC2 PostgreSQL -> RDS is not carried by anything yet: `make plan` flags it, and this rehearsal says so.
 """
 
 from __future__ import annotations
