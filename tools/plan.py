@@ -38,19 +38,34 @@ ACTIONS = (CREATE, REPLACE, RESTART, UPDATE, DELETE)
 LABELS = {CREATE: "created", REPLACE: "REPLACED", RESTART: "restarted", UPDATE: "updated", DELETE: "DELETED"}
 EXIT_DATA_LOSS = 3
 
-# The step that moves a database's data into a new one (1 -> 2, EC2 PostgreSQL -> RDS). None: there is
-# none yet. When one exists, name it here (e.g. "make grow ENV=name"): `data_fates` then says the new
-# database is filled by it instead of flagging the step as losing data.
+# A step outside the deploy that moves a database's data into a new one (e.g. "make migrate ENV=name").
+# None: there is none; only the two carries below move data. When one exists, name it here: `data_fates`
+# then says any new database is filled by it instead of flagging the step as losing data.
 MIGRATION: str | None = None
-NO_MIGRATION = "no migration step exists yet; see issue 11"
-# The one move that exists: a stage-1 server growing to stage 2 keeps its own PostgreSQL until its
-# first Init step on the update copies it into the new database, verifies every table's row count
-# and only then retires it (app_tier/carry.py). It covers a kept server's local data only: a deleted
-# or replaced database (EC2 PostgreSQL -> RDS) is not moved by anything yet.
+NO_MIGRATION = "only the two carries move a database's data; README: Growing the service"
+# The two carries, both a server's Init step on the update (app_tier/carry.py), both read from the templates:
+# - 1 -> 2: a stage-1 server growing to stage 2 keeps its own PostgreSQL until its first Init step copies
+#   it into the new database, verifies every table's row count and only then retires it (LOCAL_CARRY);
+# - EC2 PostgreSQL -> RDS, in two deploys: the first, with [database.carry_from], keeps the EC2 database
+#   server next to the new RDS instance, and that server's last Init step (CARRY_CONFIG) copies its data into
+#   RDS, verifies every table's row count, retires PostgreSQL and forwards its old port to RDS
+#   (DATABASE_CARRY); the deploy completes only if it did. The second, without carry_from, deletes the
+#   server and its volume (PREVIOUS_CARRY). Without the first, the move is flagged (USE_CARRY_FROM).
 CARRY_DOWNTIME = ("errors for about the copy's time: 3.5 s for 62 MB, 20 s for 1.2 GiB in the rehearsal "
                   "(README: Growing the service)")
 LOCAL_CARRY = ("the app server's carry step on this update (app_tier/carry.py: pg_dump | pg_restore, every "
                "table's row count verified, then the local PostgreSQL retired, its files kept)")
+DATABASE_CARRY = ("the database server's carry step on this update (app_tier/carry.py: the app's role frozen, "
+                  "pg_dump | psql --single-transaction, every table's row count verified, then PostgreSQL retired "
+                  "and its old port forwarded to RDS; a failure rolls the whole deploy back, the EC2 database "
+                  "untouched and serving)")
+PREVIOUS_CARRY = ("the previous deploy's carry step (app_tier/carry.py), which that deploy completed only after "
+                  "every table's row count matched")
+DATABASE_CARRY_DOWNTIME = ("requests that need the database fail for about the copy's time: the same order as "
+                           "the 1 -> 2 carry (3.5 s for 62 MB, 20 s for 1.2 GiB in its rehearsal); this move has "
+                           "no measurement of its own yet")
+USE_CARRY_FROM = ("an EC2 database server's data moves into RDS only by a deploy with [database.carry_from] "
+                  "first, then one without it; README: Growing the service")
 
 # Updates with some interruption, from CloudFormation's reference pages ("Update requires: Some
 # interruptions"). The provider schemas say what needs a replacement (createOnlyProperties), not this.
@@ -332,6 +347,38 @@ def data_holders(template: dict | None) -> dict[str, Holder]:
     return found
 
 
+@dataclass(frozen=True)
+class DatabaseCarry:
+    """An EC2 database server whose Init carries its data into RDS ([database.carry_from]), by logical ID."""
+    server: str
+    volume: str                # the server's data volume
+    target: str                # the RDS instance its carry step copies into
+
+
+def database_carries(template: dict | None) -> dict[str, DatabaseCarry]:
+    """The EC2 database servers of a template that carry their data into RDS, by data volume: an instance
+    with a data volume whose Init has a carry config (CARRY_CONFIG) naming an RDS instance."""
+    from cdk_constructs.bootstrap import CARRY_CONFIG  # it imports the CDK: not at the module's import
+
+    resources = (template or {}).get("Resources", {})
+    found = {}
+    for lid, res in sorted(resources.items()):
+        carry = (res.get("Metadata") or {}).get(INIT, {}).get(CARRY_CONFIG) \
+            if res["Type"] == "AWS::EC2::Instance" else None
+        volume = _data_volume_of(res, resources) if carry else None
+        targets = sorted(t for t, _ in references(carry)
+                         if resources.get(t, {}).get("Type") == "AWS::RDS::DBInstance")
+        if volume and targets:
+            found[volume] = DatabaseCarry(lid, volume, targets[0])
+    return found
+
+
+def settled(status: str) -> bool:
+    """Whether the deployed stack's template is one CloudFormation finished deploying or rolling back to
+    (an unknown status, "" or "deployed", counts as finished): not one in progress or failed."""
+    return not ("FAILED" in status or ("IN_PROGRESS" in status and "CLEANUP" not in status))
+
+
 @dataclass
 class DataFate:
     name: str
@@ -348,16 +395,50 @@ def _ends(policy: str) -> str:
         policy, "deleted with its data")
 
 
+def carries_on_this_update(before: dict | None, after: dict) -> dict[str, DatabaseCarry]:
+    """The database carries this deploy runs, by data volume: a carry step the deployed template does not
+    have yet (a carry runs once: run again, it finds its record and copies nothing), from a volume it has
+    (a new one holds nothing to carry)."""
+    deployed, done = (before or {}).get("Resources", {}), database_carries(before)
+    return {volume: c for volume, c in database_carries(after).items() if volume in deployed and volume not in done}
+
+
 def data_fates(changes: list[Change], before: dict | None, after: dict,
-               migration: str | None = MIGRATION) -> list[DataFate]:
+               migration: str | None = MIGRATION, *, deployed: str = "") -> list[DataFate]:
     """What happens to each resource that holds data: kept, replaced or deleted (retained or destroyed
-    per its policy), and which new database starts empty. The one place that knows whether a
-    migration moves a database's data into the new one (`migration`: the step that does; None: none)."""
+    per its policy), and which new database starts empty. The one place that knows whether a carry or a
+    migration moves a database's data into the new one: the carries are read from the two templates (a
+    database server's carry into RDS counts for the deploy after it only when the deployed stack's status,
+    `deployed`, is settled); `migration` is a step outside the deploy that does (None: none)."""
     old_holders, new_holders = data_holders(before), data_holders(after)
-    old_resources = (before or {}).get("Resources", {})
+    old_resources, new_resources = (before or {}).get("Resources", {}), after.get("Resources", {})
     by_id = {c.logical_id: c for c in changes}
     fates: list[DataFate] = []
     left_behind: list[DataFate] = []   # old databases whose data the app will no longer read
+    carried_away: list[DataFate] = []  # old databases deleted after a previous deploy carried their data
+
+    def kept(lid: str) -> bool:
+        return lid in new_resources and (by_id.get(lid) is None or by_id[lid].action in (UPDATE, RESTART))
+
+    # EC2 PostgreSQL -> RDS: carried by the previous deploy (the deployed template's carry step, into an RDS
+    # instance this deploy keeps: that deploy completed only if the carry did), or by this one.
+    carried_before = database_carries(before)
+    carried = {v: c for v, c in carried_before.items() if kept(c.target)} if settled(deployed) else {}
+    carrying = carries_on_this_update(before, after)
+    server_volumes = {v for r in old_resources.values() if r["Type"] == "AWS::EC2::Instance"
+                      and _postgresql_server(r) if (v := _data_volume_of(r, old_resources))}
+    into_rds = any(new_resources[lid]["Type"] == "AWS::RDS::DBInstance" and lid not in old_resources
+                   for lid in new_holders)
+
+    def why_not_moved(sources: list[DataFate]) -> str:
+        """Why nothing moves these databases' data, and what would."""
+        from_server = into_rds and any(f.logical_id in server_volumes for f in sources)
+        return USE_CARRY_FROM if from_server else NO_MIGRATION
+
+    def until_removed(volume: str) -> str:
+        policy = new_resources[volume].get("DeletionPolicy", "Delete")
+        return (f"the volume stays until the next deploy without [database.carry_from], which removes it from "
+                f"the stack: {_ends(policy)} (DeletionPolicy {policy})")
 
     for lid, holder in sorted(old_holders.items(), key=lambda kv: kv[1].name):
         change = by_id.get(lid)
@@ -365,9 +446,22 @@ def data_fates(changes: list[Change], before: dict | None, after: dict,
         still_database = lid in new_holders and new_holders[lid].kind == DATABASE
         if holder.kind == DATABASE:
             if action in (None, UPDATE, RESTART) and still_database:
+                detail = "kept" + (" (the server restarts; the data on its disks stays)" if action == RESTART else "")
+                if lid in carrying:
+                    detail += (f": its data is carried into {_name(carrying[lid].target, after)} on this update "
+                               f"(by {_name(carrying[lid].server, after)}'s carry step); {until_removed(lid)}")
+                elif lid in carried:
+                    detail += (f": its data was carried into {_name(carried[lid].target, after)} by "
+                               f"{PREVIOUS_CARRY}; {until_removed(lid)}")
                 fates.append(DataFate(holder.name, lid, holder.what, "restarted" if action == RESTART else "kept",
-                                      "kept" + (" (the server restarts; the data on its disks stays)"
-                                                if action == RESTART else "")))
+                                      detail))
+                continue
+            if action == DELETE and lid in carried:
+                fate = DataFate(holder.name, lid, holder.what, "retained" if change.policy == "Retain" else "deleted",
+                                f"DELETED from the stack: {_ends(change.policy)} (DeletionPolicy {change.policy}); "
+                                f"its data was carried into {_name(carried[lid].target, after)} by {PREVIOUS_CARRY}")
+                fates.append(fate)
+                carried_away.append(fate)
                 continue
             if action in (None, UPDATE, RESTART):
                 fate = DataFate(holder.name, lid, holder.what, "kept",
@@ -406,8 +500,10 @@ def data_fates(changes: list[Change], before: dict | None, after: dict,
         volume = _data_volume_of(res, old_resources) if res["Type"] == "AWS::EC2::Instance" \
             and _postgresql_server(res) else None
         if volume and change and change.action == DELETE:
+            retired = f": the previous deploy carried its data into {_name(carried[volume].target, after)} " \
+                "and retired its PostgreSQL" if volume in carried else ""
             fates.append(DataFate(change.name, lid, "the database server (its data is on its volume)", "deleted",
-                                  f"DELETED (DeletionPolicy {change.policy}); its data volume: "
+                                  f"DELETED (DeletionPolicy {change.policy}){retired}; its data volume: "
                                   f"{old_holders[volume].name}, above"))
         if volume and change and change.action == REPLACE and by_id.get(volume) is None:
             fates.append(DataFate(change.name, lid, "the database server (its data is on its volume)", "replaced",
@@ -426,6 +522,11 @@ def data_fates(changes: list[Change], before: dict | None, after: dict,
             continue
         if lid in old_holders and old_holders[lid].kind == DATABASE:
             continue   # a replaced database: said above
+        carried_in = [c for c in carrying.values() if c.target == lid]
+        if carried_in:
+            fates.append(DataFate(holder.name, lid, holder.what, "created", "created, then filled by " + ", ".join(
+                f"{DATABASE_CARRY} from {_name(c.volume, after)} (on {_name(c.server, after)})" for c in carried_in)))
+            continue
         if not left_behind:
             fates.append(DataFate(holder.name, lid, holder.what, "created", "created (empty)"))
             continue
@@ -440,16 +541,31 @@ def data_fates(changes: list[Change], before: dict | None, after: dict,
                 fate.detail += f" (its data is first moved by {_carried_by(fate, migration)} into {holder.name})"
         else:
             fates.append(DataFate(holder.name, lid, holder.what, "created",
-                                  f"created EMPTY: the data in {sources} is not moved into it ({NO_MIGRATION})",
-                                  loss=True))
+                                  f"created EMPTY: the data in {sources} is not moved into it "
+                                  f"({why_not_moved(left_behind)})", loss=True))
     for fate in left_behind:
-        if not _carried_by(fate, migration):
-            fate.detail += f"; nothing moves the data ({NO_MIGRATION})"
-    for fate in left_behind:
+        if _carried_by(fate, migration):
+            continue
+        unsure = carried_before.get(fate.logical_id)
+        if unsure and not settled(deployed):
+            fate.detail += (f"; the deployed stack is {deployed}, so its carry into "
+                            f"{_name(unsure.target, before)} is not known to have completed")
+        else:
+            fate.detail += f"; nothing moves the data ({why_not_moved([fate])})"
+    for fate in left_behind + carried_away:
         vault = _backed_up_in(fate.logical_id, before, by_id)
         if vault:
             fate.detail += f"; its AWS Backup recovery points stay in {vault} until they expire"
     return fates
+
+
+def _said_not_moved(fates: list[DataFate]) -> str:
+    """Why the data lines say nothing moves the data: whether a carry_from deploy would have (data_fates)."""
+    return USE_CARRY_FROM if any(USE_CARRY_FROM in f.detail for f in fates if f.loss) else NO_MIGRATION
+
+
+def _name(logical_id: str, template: dict | None) -> str:
+    return readable_name(logical_id, (template or {}).get("Resources", {}).get(logical_id, {}))
 
 
 def _carried_by(fate: DataFate, migration: str | None) -> str | None:
@@ -498,6 +614,7 @@ def downtime(changes: list[Change], before: dict | None, after: dict, fates: lis
     if before is None:
         return [Downtime("first deploy", "not serving yet", "nothing is deployed")]
     old, new = before.get("Resources", {}), after.get("Resources", {})
+    carrying = {c.server: c for c in carries_on_this_update(before, after).values()}
     found: list[Downtime] = []
     for c in changes:
         res = new.get(c.logical_id) or old.get(c.logical_id)
@@ -505,7 +622,7 @@ def downtime(changes: list[Change], before: dict | None, after: dict, fates: lis
             found.append(Downtime(f"{c.name}: the app restarts in place", "a few seconds, within about a minute "
                                   "of the deploy", "cfn-hup polls every minute and re-runs cfn-init; the boot "
                                   "rehearsal served an app change 3-4 s after the new metadata"))
-        elif c.action == UPDATE and c.init_changed and _postgresql_server(res):
+        elif c.action == UPDATE and c.init_changed and _postgresql_server(res) and c.logical_id not in carrying:
             found.append(Downtime(f"{c.name}: its bootstrap re-runs in place", "none, unless PostgreSQL's own "
                                   "settings changed (then a restart: seconds)", "cfn-init re-runs; PostgreSQL is "
                                   "restarted only when its configuration files change (the boot rehearsal checks "
@@ -538,6 +655,15 @@ def downtime(changes: list[Change], before: dict | None, after: dict, fates: lis
                               "until clients and DNS follow the new address (the Url output)",
                               "the Elastic IP is released; a domain's record is updated by the deploy, "
                               "then its TTL"))
+    for carry in carrying.values():
+        found.append(Downtime(f"the app, while {_name(carry.server, after)} carries its database into "
+                              f"{_name(carry.target, after)}", DATABASE_CARRY_DOWNTIME,
+                              "the database server's carry step (app_tier/carry.py) freezes the app's role (it may "
+                              "not log in, its sessions end) for pg_dump | psql --single-transaction and the row "
+                              "counts, then retires PostgreSQL and forwards its old port to RDS: app servers not "
+                              "yet moved reach RDS through it, and their update, which waits for the carry's wait "
+                              "condition, moves them to RDS; a failed carry lets the role log in again and rolls "
+                              "the deploy back"))
     if any(LOCAL_CARRY in f.detail for f in fates if f.fate == "kept"):
         found.append(Downtime("the app, while its database is carried", CARRY_DOWNTIME,
                               "the app's units and sockets stop for pg_dump | pg_restore and the row counts "
@@ -547,7 +673,7 @@ def downtime(changes: list[Change], before: dict | None, after: dict, fates: lis
     if emptied:
         found.append(Downtime("the database", "until the data is restored into "
                               + ", ".join(f.name for f in emptied), f"the app serves an EMPTY database from the "
-                              f"switch on ({NO_MIGRATION})"))
+                              f"switch on ({_said_not_moved(emptied)})"))
     return found
 
 
@@ -633,7 +759,7 @@ def make_plan(config: EnvironmentConfig, before: dict | None, after: dict, *, ta
               deployed: str = "", migration: str | None = MIGRATION) -> Plan:
     """The plan for deploying `after` over `before` (None: nothing deployed), from the templates alone."""
     changes = compare(before, after, config.region)
-    fates = data_fates(changes, before, after, migration=migration)
+    fates = data_fates(changes, before, after, migration=migration, deployed=deployed)
     cost_before, currency = monthly_cost(before, config)
     cost_after, _ = monthly_cost(after, config)
     return Plan(config.name, config.stack_name, int(config.stage), target,
@@ -691,10 +817,9 @@ def render_text(plan: Plan) -> str:
             + (f" ({plan.cost_after - plan.cost_before:+,.2f})" if plan.cost_before is not None
                and plan.cost_after is not None else "")]
     if plan.data_loss:
-        out += ["", "DATA: this deploy would lose data or leave it behind (the DATA lines above), and "
-                + (f"{plan.migration} does not cover it" if plan.migration else NO_MIGRATION)
-                + ". Back it up and restore it yourself (README: Keeping the data), then run with "
-                "--accept-data-loss."]
+        why = f"{plan.migration} does not cover it" if plan.migration else _said_not_moved(plan.data)
+        out += ["", f"DATA: this deploy would lose data or leave it behind (the DATA lines above), and {why}. "
+                "Back it up and restore it yourself (README: Keeping the data), then run with --accept-data-loss."]
     return "\n".join(out) + "\n"
 
 

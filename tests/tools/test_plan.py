@@ -13,9 +13,17 @@ import pytest
 from stack_support import build_app, from_files, variant_configs
 
 from envconfig import load_environment
+from envconfig.model import CarrySourceConfig
 from tools import plan as planner
 from tools.local_aws import cli as local_aws
 from tools.local_aws import emulator as emu
+
+
+def _stage2rds_on_ec2():
+    """The stage2rds variant with an EC2 database server (the step before its move to RDS)."""
+    rds = {c.name: c for c in variant_configs()}["stage2rds"]
+    return dataclasses.replace(rds, database=dataclasses.replace(rds.database, kind="ec2", multi_az=False),
+                               network=dataclasses.replace(rds.network, interface_endpoints=True))
 
 
 @pytest.fixture(scope="module")
@@ -23,14 +31,27 @@ def grown(tmp_path_factory) -> dict[str, dict]:
     """What no session synthesis holds, in one synth: dev at stage 2 and staging at stage 4 (their own
     files with `stage` changed, named as the environments, as a user would grow them), and the stage2rds
     variant with an EC2 database (the step before its move to RDS)."""
-    rds = {c.name: c for c in variant_configs()}["stage2rds"]
-    on_ec2 = dataclasses.replace(rds, database=dataclasses.replace(rds.database, kind="ec2", multi_az=False),
-                                 network=dataclasses.replace(rds.network, interface_endpoints=True))
     configs = [from_files("dev", "dev", {"stage": 2, "network": {"interface_endpoints": True}}),
-               from_files("staging", "staging", {"stage": 4}), on_ec2]
+               from_files("staging", "staging", {"stage": 4}), _stage2rds_on_ec2()]
     app, stacks = build_app(configs, outdir=str(tmp_path_factory.mktemp("cdk.out.grown")))
     assembly = app.synth()
     return {name: assembly.get_stack_by_name(stack.stack_name).template for name, stack in stacks.items()}
+
+
+@pytest.fixture(scope="module")
+def carrying(tmp_path_factory) -> dict:
+    """The stage2rds variant between its EC2 database server (grown) and RDS (the session's synthesis): RDS
+    with [database.carry_from] naming that server as deployed. Its own synth: the stack has the same name
+    as the EC2 one in `grown`, as a deployed stack keeps its name."""
+    on_ec2 = _stage2rds_on_ec2()
+    rds = {c.name: c for c in variant_configs()}["stage2rds"]
+    database = on_ec2.database
+    source = CarrySourceConfig(kind="ec2", instance_type=database.instance_type, storage_gib=database.storage_gib,
+                               port=database.port, root_volume_gib=database.root_volume_gib)
+    config = dataclasses.replace(rds, database=dataclasses.replace(rds.database, carry_from=source),
+                                 network=dataclasses.replace(rds.network, interface_endpoints=True))
+    app, stacks = build_app([config], outdir=str(tmp_path_factory.mktemp("cdk.out.carrying")))
+    return app.synth().get_stack_by_name(stacks["stage2rds"].stack_name).template
 
 
 def _plan(before, after, env="dev"):
@@ -80,7 +101,7 @@ def test_stage_1_to_2_names_downtime_and_cost_before_and_after(one_to_two):
     assert f"before {plan.cost_before:,.2f}, after {plan.cost_after:,.2f}" in text
 
 
-def test_ec2_to_rds_flags_the_database_servers_volume(grown, synthesized_templates):
+def test_ec2_to_rds_without_carry_from_flags_the_database_servers_volume(grown, synthesized_templates):
     plan = _plan(grown["stage2rds"], synthesized_templates["stage2rds"], env="prod")
     assert plan.data_loss
     volume = next(f for f in plan.data if f.name == "Service/Database/Data")
@@ -88,10 +109,98 @@ def test_ec2_to_rds_flags_the_database_servers_volume(grown, synthesized_templat
     assert volume.loss and volume.fate == "deleted" and "final snapshot" in volume.detail
     rds = next(f for f in plan.data if f.name == "Service/Database/Instance")
     assert rds.loss and "created EMPTY" in rds.detail and "Service/Database/Data" in rds.detail
+    # What would have carried it: a deploy with [database.carry_from] first.
+    assert planner.USE_CARRY_FROM in volume.detail and planner.USE_CARRY_FROM in rds.detail
+    assert f"and {planner.USE_CARRY_FROM}." in planner.render_text(plan)
     server = next(f for f in plan.data if f.name == "Service/Database/Server")
     assert server.fate == "deleted" and not server.loss
     assert _change(plan, "Service/AppServer/Instance").action == planner.UPDATE   # its Init: the new host
     assert plan.cost_after < plan.cost_before   # no interface endpoints, no database server
+
+
+# --- EC2 PostgreSQL -> RDS, carried: a deploy with [database.carry_from], then one without ------------
+
+
+@pytest.fixture(scope="module")
+def carry_deploy(grown, carrying):
+    return _plan(grown["stage2rds"], carrying, env="prod")
+
+
+@pytest.fixture(scope="module")
+def after_carry(carrying, synthesized_templates):
+    return _plan(carrying, synthesized_templates["stage2rds"], env="prod")
+
+
+def test_the_carry_deploy_keeps_the_database_server_and_fills_rds_from_its_volume(carry_deploy):
+    plan = carry_deploy
+    assert not plan.data_loss, _data_lines(plan)
+    # The EC2 database server and its volume keep their logical IDs: updated in place (its Init gains the
+    # carry step), the volume untouched; RDS is created next to them.
+    assert _change(plan, "Service/Database/Server").action == planner.UPDATE
+    assert not [c for c in plan.changes if c.name == "Service/Database/Data"]
+    assert _change(plan, "Service/Database/Instance").action == planner.CREATE
+    fates = {f.name: f for f in plan.data}
+    rds = fates["Service/Database/Instance"]
+    assert rds.fate == "created" and not rds.loss
+    assert rds.detail == (f"created, then filled by {planner.DATABASE_CARRY} from Service/Database/Data "
+                          "(on Service/Database/Server)")
+    volume = fates["Service/Database/Data"]
+    assert volume.fate == "kept" and not volume.loss
+    assert "its data is carried into Service/Database/Instance on this update" in volume.detail
+    # It stays until the next deploy, whose deletion follows its policy (stage2rds: a final snapshot).
+    assert "until the next deploy without [database.carry_from]" in volume.detail
+    assert "final snapshot" in volume.detail and "(DeletionPolicy Snapshot)" in volume.detail
+
+
+def test_the_carry_deploy_names_the_carrys_downtime(carry_deploy):
+    carry = [d for d in carry_deploy.downtime if "carries its database" in d.what]
+    assert [(d.what, d.estimate) for d in carry] == [
+        ("the app, while Service/Database/Server carries its database into Service/Database/Instance",
+         planner.DATABASE_CARRY_DOWNTIME)]
+    assert "forwards its old port to RDS" in carry[0].basis and "rolls the deploy back" in carry[0].basis
+    # Not "its bootstrap re-runs in place: none": the carry retires that PostgreSQL.
+    assert not [d for d in carry_deploy.downtime if d.what.startswith("Service/Database/Server")]
+
+
+def test_the_deploy_after_the_carry_deletes_the_database_server_without_data_loss(after_carry, monkeypatch,
+                                                                                   capsys, carrying,
+                                                                                   synthesized_templates):
+    plan = after_carry
+    assert not plan.data_loss and not _data_lines(plan)
+    assert {_change(plan, name).action for name in ("Service/Database/Server", "Service/Database/Data")} == \
+        {planner.DELETE}
+    fates = {f.name: f for f in plan.data}
+    volume = fates["Service/Database/Data"]
+    assert volume.fate == "deleted" and not volume.loss
+    assert f"its data was carried into Service/Database/Instance by {planner.PREVIOUS_CARRY}" in volume.detail
+    assert "final snapshot" in volume.detail   # what its DeletionPolicy does with the old copy
+    server = fates["Service/Database/Server"]
+    assert "the previous deploy carried its data into Service/Database/Instance" in server.detail
+    assert fates["Service/Database/Instance"].fate == "kept"
+    assert not [d for d in plan.downtime if "carries" in d.what]
+    monkeypatch.setattr(planner, "plan_environment", lambda config, state_dir: planner.make_plan(
+        config, carrying, synthesized_templates["stage2rds"]))
+    assert planner.main(["--env", "prod"]) == 0
+    assert "by the previous deploy's carry step" in capsys.readouterr().out
+
+
+def test_a_previous_carry_counts_only_into_the_rds_instance_kept_from_a_settled_stack(carrying,
+                                                                                       synthesized_templates):
+    after = synthesized_templates["stage2rds"]
+    # The deployed stack stuck mid-way: its template is not known to be one whose carry completed.
+    plan = planner.make_plan(load_environment("prod"), carrying, after, deployed="UPDATE_ROLLBACK_FAILED")
+    volume = next(f for f in plan.data if f.name == "Service/Database/Data")
+    assert plan.data_loss and volume.loss
+    assert "the deployed stack is UPDATE_ROLLBACK_FAILED, so its carry into Service/Database/Instance is not " \
+           "known to have completed" in volume.detail
+    # RDS replaced by the same deploy (a create-only property): the carried data goes with the old instance.
+    replaced = copy.deepcopy(after)
+    (rds,) = [k for k, r in replaced["Resources"].items() if r["Type"] == "AWS::RDS::DBInstance"]
+    replaced["Resources"][rds]["Properties"]["DBName"] = "other"
+    plan = _plan(carrying, replaced, env="prod")
+    assert _change(plan, "Service/Database/Instance").action == planner.REPLACE
+    volume = next(f for f in plan.data if f.name == "Service/Database/Data")
+    assert volume.loss and "carried" not in volume.detail
 
 
 def test_stage_3_to_4_rolls_the_fleet_and_touches_no_data(synthesized_templates, grown):
@@ -190,7 +299,8 @@ def test_a_migration_when_one_exists_carries_the_data(synthesized_templates, gro
 
 
 def test_json_and_exit_code(synthesized_templates, grown, monkeypatch, capsys):
-    # EC2 PostgreSQL -> RDS: nothing moves that data yet, so the plan refuses without --accept-data-loss.
+    # EC2 PostgreSQL -> RDS without [database.carry_from]: nothing moves that data, so the plan refuses
+    # without --accept-data-loss.
     monkeypatch.setattr(planner, "plan_environment", lambda config, state_dir: planner.make_plan(
         config, grown["stage2rds"], synthesized_templates["stage2rds"]))
     assert planner.main(["--env", "prod", "--json"]) == planner.EXIT_DATA_LOSS
