@@ -131,7 +131,7 @@ set -euo pipefail
 say() {{ echo "{CARRY_LOG_PREFIX} $*"; }}
 set -a; . {target}; set +a
 # PostgreSQL's own account, as the owner of its data directory: the superuser over the local socket.
-pg_admin=$(stat -c %U {pg_data_dir} 2>/dev/null || echo postgres)
+pg_admin=$(stat -c %U {pg_data_dir} 2>/dev/null || true)
 source_port=5432
 local_sql() {{ (cd / && runuser -u "$pg_admin" -- psql -X -qtA -v ON_ERROR_STOP=1 -p "$source_port" \\
   -d "${{2:-$TARGET_DB}}" -c "$1"); }}

@@ -75,11 +75,16 @@ def variant_configs() -> list[EnvironmentConfig]:
                  database={"instance_type": "t4g.small"},
                  access={"key_pair": "existing", "key_pair_name": "ops-team", "admin_cidrs": ("198.51.100.0/24",)},
                  load_balancer={"certificate_arn": CERTIFICATE_ARN}),
+        # staging's deploy that carries its EC2 PostgreSQL into RDS (README: Growing the service).
+        from_files("stage3carry", "staging", {
+            "network": {"vpc_cidr": "10.70.0.0/16"}, "operations": {"removal_policy": "snapshot"},
+            "database": {"kind": "rds", "port": 5433, "multi_az": True,
+                         "carry_from": {"kind": "ec2", "instance_type": "t3.small", "storage_gib": 20}}}),
     ]
 
 
 SHIPPED = ["dev", "staging", "prod"]
-VARIANTS = ["stage2ec2", "stage2rds", "https"]
+VARIANTS = ["stage2ec2", "stage2rds", "https", "stage3carry"]
 
 
 def build_app(configs: list[EnvironmentConfig], *, target: str = "aws", outdir: str | None = None):

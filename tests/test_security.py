@@ -54,8 +54,14 @@ def test_database_port_is_reachable_only_from_the_app_servers(synthesized_templa
                            else "Service/AppServers/SecurityGroup/Resource")
     rules = [r for r in ingress_rules(template) if r.group == db_group]
     ssh = [r for r in rules if r.from_port == 22]
-    assert [r for r in rules if r not in ssh] == [
-        type(rules[0])(db_group, app_group, config.database.port, config.database.port)]
+    rule, port = type(rules[0]), config.database.port
+    expected = {rule(db_group, app_group, port, port)}
+    if config.database.carry_from:
+        # Moving to RDS: the app servers keep the old server's port until they move (its forwarder), and
+        # the old server reaches RDS in the group the two share.
+        old_port = config.database.carry_from.port
+        expected |= {rule(db_group, app_group, old_port, old_port), rule(db_group, db_group, port, port)}
+    assert {r for r in rules if r not in ssh} == expected
     assert all(r.source in config.access.admin_cidrs for r in ssh)
 
 
