@@ -53,7 +53,7 @@ NO_MIGRATION = "only the two carries move a database's data; README: Growing the
 #   server and its volume (PREVIOUS_CARRY). Without the first, the move is flagged (USE_CARRY_FROM).
 CARRY_DOWNTIME = ("errors for about the copy's time: 3.5 s for 62 MB, 20 s for 1.2 GiB in the rehearsal "
                   "(README: Growing the service)")
-LOCAL_CARRY = ("the app server's carry step on this update (app_tier/carry.py: pg_dump | pg_restore, every "
+LOCAL_CARRY = ("the app server's carry step on this update (app_tier/carry.py: pg_dump | psql, every "
                "table's row count verified, then the local PostgreSQL retired, its files kept)")
 DATABASE_CARRY = ("the database server's carry step on this update (app_tier/carry.py: the app's role frozen, "
                   "pg_dump | psql --single-transaction, every table's row count verified, then PostgreSQL retired "
@@ -61,9 +61,9 @@ DATABASE_CARRY = ("the database server's carry step on this update (app_tier/car
                   "untouched and serving)")
 PREVIOUS_CARRY = ("the previous deploy's carry step (app_tier/carry.py), which that deploy completed only after "
                   "every table's row count matched")
-DATABASE_CARRY_DOWNTIME = ("requests that need the database fail for about the copy's time: the same order as "
-                           "the 1 -> 2 carry (3.5 s for 62 MB, 20 s for 1.2 GiB in its rehearsal); this move has "
-                           "no measurement of its own yet")
+DATABASE_CARRY_DOWNTIME = ("requests that need the database fail for about the copy's time: 1.4-1.8 s of errors "
+                           "for 62 MB at stage 4 in the growth rehearsal; the copy runs at the 1 -> 2 carry's rate "
+                           "(about 20 s per GiB, make bench-grow)")
 USE_CARRY_FROM = ("an EC2 database server's data moves into RDS only by a deploy with [database.carry_from] "
                   "first, then one without it; README: Growing the service")
 
@@ -666,7 +666,7 @@ def downtime(changes: list[Change], before: dict | None, after: dict, fates: lis
                               "the deploy back"))
     if any(LOCAL_CARRY in f.detail for f in fates if f.fate == "kept"):
         found.append(Downtime("the app, while its database is carried", CARRY_DOWNTIME,
-                              "the app's units and sockets stop for pg_dump | pg_restore and the row counts "
+                              "the app's units and sockets stop for pg_dump | psql and the row counts "
                               "(requests are refused meanwhile), then start on the new database; measured by "
                               "`make rehearse-grow` and `make bench-grow` (README: Growing the service)"))
     emptied = [f for f in fates if f.fate == "created" and f.loss]
