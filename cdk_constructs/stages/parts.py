@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from aws_cdk import CfnOutput, RemovalPolicy, Stack
+from aws_cdk import CfnOutput, Duration, RemovalPolicy, Stack
 from aws_cdk import aws_backup as backup
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_iam as iam
@@ -139,10 +139,16 @@ def database_backups(database: Database) -> list[backup.BackupResource]:
     return [] if database.data_volume is None else [backup.BackupResource.from_construct(database.data_volume)]
 
 
+# A stage-1-2 record names the server's Elastic IP. Growing to stage 3 points it at the load balancer and
+# releases that address in the same deploy, so resolvers must not keep it for CDK's default 30 minutes.
+ADDRESS_RECORD_TTL = Duration.seconds(60)
+
+
 def address_record(scope: Construct, domain: Domain | None, target: route53.RecordTarget) -> route53.ARecord | None:
     if domain is None:
         return None
-    return route53.ARecord(scope, "DomainRecord", zone=domain.zone, record_name=domain.name, target=target)
+    ttl = None if target.alias_target else ADDRESS_RECORD_TTL  # an alias record has no TTL of its own
+    return route53.ARecord(scope, "DomainRecord", zone=domain.zone, record_name=domain.name, target=target, ttl=ttl)
 
 
 def public_app_server(scope: Construct, *, layout: render.ServerLayout, init: ec2.CloudFormationInit,

@@ -341,3 +341,16 @@ def test_plan_against_the_emulator_names_the_carry(tmp_path, monkeypatch):
         assert "the app, while its database is carried" in [d.what for d in plan.downtime]
     finally:
         emu.stop(state_dir)
+
+
+def test_the_stage_2_app_server_is_updated_only_after_the_database_servers_carry(carrying):
+    """Stage 2's app server (an instance, not a group) waits for the carry's wait condition too: until its
+    update it reaches RDS through the old server's forwarder, on the old port it is still allowed."""
+    resources = carrying["Resources"]
+    (server,) = [lid for lid, r in resources.items() if r["Type"] == "AWS::EC2::Instance"
+                 and "carry" in r.get("Metadata", {}).get("AWS::CloudFormation::Init", {})
+                 and "ServiceDatabase" in lid]
+    (condition,) = [lid for lid, r in resources.items() if r["Type"] == "AWS::CloudFormation::WaitCondition"
+                    and server in r.get("DependsOn", [])]
+    app_server = resources["ServiceAppServerInstance31F059BE"]
+    assert condition in app_server["DependsOn"]
