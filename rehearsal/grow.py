@@ -24,7 +24,9 @@ the environment is deployed again, as a user grows it:
   4 rds only  the next deploy, without carry_from: the plan must say the server and its volume go with
           their data carried; the server goes; RDS keeps every row and the app serves;
   1 -> 2 rds  a second stage-1 server, grown to stage 2 on RDS (its stand-in, with its secret's master
-          user): the app server's carry into the other kind of target.
+          user): the app server's carry into the other kind of target;
+  2 ec2 -> rds, 2 rds only  a third one grown 1 -> 2 on EC2, then moved to RDS as at stage 4, except that the
+          app server's update after the carry is in place (cfn-hup; its wait condition must get SUCCESS).
 
 One line per step; the last reads `growth rehearsal: N steps, M failed, R rows checked`.
 """
@@ -476,6 +478,8 @@ def move_to_rds(g: Growth, stage: int, workdir: Path, step: Step) -> tuple[Growt
                       f"polls); new metadata to served through the forwarder in {took:.0f} s"
                       + (f" ({copy_line.split('the copy took', 1)[1].strip()} copy)" if copy_line else ""))
     step.numbers.update({"rds_error_seconds": round(error_sec, 2), "rds_failed_polls": failed_polls})
+    if stage < 3:
+        return move_single_server_to_rds(g, env, member, assembly, template, rds, visits, step), g.database
     # Then the app servers' update: a server of the new launch template, straight to RDS; the old one goes.
     c = env.container("broken")
     env.stage_server(c, member, assembly, template)
@@ -493,6 +497,34 @@ def move_to_rds(g: Growth, stage: int, workdir: Path, step: Step) -> tuple[Growt
     step.facts.append(f"a server of the new launch template signalled in {result.boot_to_signal_sec:.0f} s and "
                       "serves from RDS directly; the old server went")
     return Growth(env, c, rds, g.seeded, new_visits or 0, template), g.database
+
+
+def move_single_server_to_rds(g: Growth, env: run.Environment, server, assembly: Path, template: dict,
+                              rds: ct.Container, visits: int | None, step: Step) -> Growth | None:
+    """Stage 2's app server after the carry (its update waits for the carry's wait condition): cfn-hup
+    applies its new metadata in place, and the app restarts on RDS directly, under the polling client."""
+    poller = Poller(f"http://{g.app.address}:{server.service_port}/")
+    try:
+        time.sleep(1)
+        env.publish(g.app, server, assembly, template)
+        handle = g.app.cfn_stack.wait_for_signal(server.wait_handle, 300) if server.wait_handle else None
+        time.sleep(2)
+    finally:
+        poller.stop()
+    if not handle or handle["status"] != "SUCCESS":
+        step.fail(f"the app server's wait condition handle {server.wait_handle} got "
+                  f"{handle['status'] if handle else 'no signal'}\n{run.diagnose(g.app)}")
+        return None
+    host = g.app.run(f"grep -h '^DB_HOST=' {render.ENV_FILE}", check=False).stdout
+    if env.address("rds") not in host:
+        step.fail(f"the app server's database host is {host.strip()!r}, not RDS ({env.address('rds')})")
+    new_visits = run.visits(g.app, server)
+    if new_visits is None or new_visits <= (visits or 0):
+        step.fail(f"visits {visits} through the forwarder, {new_visits} on RDS directly")
+    error_sec, failed_polls = poller.error_seconds()
+    step.facts.append(f"then the app server's update, in place: its wait condition got SUCCESS, it serves from RDS "
+                      f"directly, {error_sec:.1f} s of errors ({failed_polls} failed polls)")
+    return Growth(env, g.app, rds, g.seeded, new_visits or 0, template)
 
 
 def retire_database_server(g: Growth, old_server: ct.Container, stage: int, workdir: Path, step: Step) -> Growth | None:
@@ -609,6 +641,21 @@ def main(argv: list[str] | None = None) -> int:
                 step = Step("1 -> 2 rds")
                 steps.append(step)
                 grow_to_2(g, workdir, step, database="rds")
+            # EC2 PostgreSQL -> RDS at stage 2: a third environment grown to stage 2 on EC2, then moved.
+            env.cleanup()
+            env.cfn_stack.cf.delete_stack(StackName=env.cfn_stack.name)
+            env = run.Environment(ENVIRONMENT, raw, config, assembly, emulator, root, wheels, first_index=20)
+            first = Step("stage 1")
+            steps.append(first)
+            g = start_stage_1(env, assembly, template, config, RDS_EVENTS, first)
+            for label, grow in (("1 -> 2", lambda g, step: grow_to_2(g, workdir, step)),
+                                ("2 ec2 -> rds", lambda g, step: move_to_rds(g, 2, workdir, step)),
+                                ("2 rds only", lambda g, step: retire_database_server(*g, 2, workdir, step))):
+                if not g:
+                    break
+                step = Step(label)
+                steps.append(step)
+                g = grow(g, step)
     except Exception as error:  # noqa: BLE001 - reported as the step's failure
         crashed = Step("crash")
         crashed.fail(repr(error))
