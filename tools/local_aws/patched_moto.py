@@ -68,6 +68,25 @@ def _references_to_skipped_resources_resolve() -> None:
     parsing.clean_json = clean_json
 
 
+def _removing_a_skipped_resource_deletes_nothing() -> None:
+    """A resource of a type moto does not model (skipped at creation, as above) removed by an update: moto
+    5.2.5 usually warns that it was never created, but one it had recorded as None (the backup plan's
+    AWS::Backup::BackupSelection) raised AttributeError ('NoneType' has no delete_from_cloudformation_json)
+    and failed UpdateStack. CloudFormation deletes the resource; the emulator never created it, so there is
+    nothing to delete (the deploy report lists the type as skipped)."""
+    from moto.cloudformation import parsing
+
+    original = parsing.parse_and_delete_resource
+
+    def parse_and_delete_resource(resource_name: Any, resource_json: dict, *args: Any, **kwargs: Any) -> None:
+        if parsing.resource_class_from_type(resource_json.get("Type", "")) is None:
+            return None
+        return original(resource_name, resource_json, *args, **kwargs)
+
+    # Module-level name: ResourceMap._delete_resource calls it through the module.
+    parsing.parse_and_delete_resource = parse_and_delete_resource
+
+
 def _add_cfn_attributes(model: type, attributes: dict[str, Any]) -> None:
     """Teach a moto model `Fn::GetAtt` attributes that CloudFormation documents and it lacks."""
     from moto.cloudformation.exceptions import UnformattedGetAttTemplateException
@@ -224,6 +243,24 @@ def _wait_conditions_complete_unsignalled() -> None:
     parsing.parse_and_create_resource = parse_and_create_resource
 
 
+def _termination_protection_is_updated() -> None:
+    """UpdateTerminationProtection: the CDK CLI calls it after a deploy whose stack asks for a termination
+    protection the deployed stack lacks (an environment whose operations.removal_policy keeps its data is
+    protected, stacks/web_service.py). moto 5.2.5 raised NotImplementedError, so that deploy failed. Set the
+    stack's EnableTerminationProtection (DescribeStacks reports it) and return its StackId, as CloudFormation
+    does (https://docs.aws.amazon.com/AWSCloudFormation/latest/APIReference/API_UpdateTerminationProtection.html).
+    moto's DeleteStack still ignores the flag: no test deletes a protected stack."""
+    from moto.cloudformation.responses import CloudFormationResponse
+    from moto.core.responses import ActionResult
+
+    def update_termination_protection(self) -> ActionResult:
+        stack = self.cloudformation_backend.get_stack(self._get_param("StackName"))
+        stack.enable_termination_protection = str(self._get_param("EnableTerminationProtection")).lower() == "true"
+        return ActionResult({"StackId": stack.stack_id})
+
+    CloudFormationResponse.update_termination_protection = update_termination_protection
+
+
 # Properties whose change makes CloudFormation replace an AWS::EC2::Instance ("Update requires: Replacement"
 # on https://docs.aws.amazon.com/AWSCloudFormation/latest/TemplateReference/aws-resource-ec2-instance.html;
 # the provider schema's createOnlyProperties say the same). Any other change (tags, UserData, InstanceType...)
@@ -377,6 +414,171 @@ def _vpc_endpoint_updates_in_place() -> None:
     VPCEndPoint.update_from_cloudformation_json = classmethod(update_from_cloudformation_json)
 
 
+# Resource attributes that CloudFormation applies without updating the resource itself.
+NOT_AN_UPDATE = ("DependsOn", "DeletionPolicy", "UpdateReplacePolicy")
+
+
+def _policy_and_order_changes_update_nothing() -> None:
+    """CloudFormation calls a resource's update only when its properties change: DeletionPolicy and
+    UpdateReplacePolicy say what happens to it when it is deleted or replaced, DependsOn in what order it is
+    handled (https://docs.aws.amazon.com/AWSCloudFormation/latest/TemplateReference/aws-attribute-deletionpolicy.html,
+    aws-attribute-updatereplacepolicy.html, aws-attribute-dependson.html), and a change to them alone leaves the
+    resource and its physical ID as they are (an UpdateStack whose only changes are those does nothing:
+    aws/aws-cdk#21496; tools/plan.py: "no change to the resource itself"). moto 5.2.5 compared each resource's
+    whole template entry and called its type's update for any difference; a type without an update (EC2
+    volumes, log groups, instance profiles) then dropped out of the stack, and an S3 bucket's update failed
+    on its missing BucketName. Moving an environment to operations.removal_policy "snapshot" changes its data
+    holders' policies, and [database.carry_from] makes the app servers wait for the database server. Leave a
+    resource whose type and properties are unchanged out of moto's update; the stack keeps the new template."""
+    from moto.cloudformation.parsing import ResourceMap
+
+    original = ResourceMap.build_resource_diff
+
+    def build_resource_diff(self, other_template: dict, parameters: dict | None = None) -> dict:
+        diff = original(self, other_template, parameters)
+        old, new = self._resource_json_map, other_template.get("Resources") or {}
+
+        def rest(spec: dict) -> dict:
+            return {key: value for key, value in spec.items() if key not in NOT_AN_UPDATE}
+
+        diff["Modify"] = [name for name in diff["Modify"] if rest(old[name]) != rest(new[name])]
+        return diff
+
+    ResourceMap.build_resource_diff = build_resource_diff
+
+
+def _log_group_updates_as_cloudformation_does() -> None:
+    """AWS::Logs::LogGroup: CloudFormation replaces a log group when its LogGroupName changes and updates
+    RetentionInDays and Tags in place ("Update requires: No interruption",
+    https://docs.aws.amazon.com/AWSCloudFormation/latest/TemplateReference/aws-resource-logs-loggroup.html).
+    moto 5.2.5 has no update for log groups: an updated group (this app names a retained group after its
+    stack, so operations.removal_policy "snapshot" renames them) dropped out of the stack. Replace it when
+    the name changes (the old group is deleted: its UpdateReplacePolicy is not modelled), else update it."""
+    from moto.logs.models import LogGroup, logs_backends
+
+    def update_from_cloudformation_json(cls, original_resource: Any, new_resource_name: str,
+                                        cloudformation_json: Any, account_id: str, region_name: str):
+        properties = cloudformation_json.get("Properties") or {}
+        backend = logs_backends[account_id][region_name]
+        name = properties.get("LogGroupName")
+        if name and name != original_resource.name:
+            replacement = cls.create_from_cloudformation_json(name, cloudformation_json, account_id, region_name)
+            backend.delete_log_group(original_resource.name)
+            return replacement
+        if properties.get("RetentionInDays") is not None:
+            backend.put_retention_policy(original_resource.name, properties["RetentionInDays"])
+        else:
+            backend.delete_retention_policy(original_resource.name)
+        wanted = {t["Key"]: t["Value"] for t in properties.get("Tags") or []}
+        current = backend.list_tags_log_group(original_resource.name)
+        stale = [key for key in current if key not in wanted]
+        if stale:
+            backend.untag_log_group(original_resource.name, stale)
+        if wanted:
+            backend.tag_log_group(original_resource.name, wanted)
+        return original_resource
+
+    LogGroup.update_from_cloudformation_json = classmethod(update_from_cloudformation_json)
+
+
+def _load_balancer_updates_in_place() -> None:
+    """AWS::ElasticLoadBalancingV2::LoadBalancer: CloudFormation replaces a load balancer when its Name,
+    Scheme or Type changes and updates its attributes, security groups, subnets and tags in place
+    (https://docs.aws.amazon.com/AWSCloudFormation/latest/TemplateReference/aws-resource-elasticloadbalancingv2-loadbalancer.html).
+    moto 5.2.5 has no update for load balancers: an updated one (operations.removal_policy "snapshot" turns
+    on its deletion protection) dropped out of the stack, and the next Fn::GetAtt on it failed the update.
+    Modify it in place, or replace it when a replacing property changed."""
+    from moto.elbv2.models import FakeLoadBalancer, elbv2_backends
+
+    def update_from_cloudformation_json(cls, original_resource: Any, new_resource_name: str,
+                                        cloudformation_json: Any, account_id: str, region_name: str):
+        properties = cloudformation_json.get("Properties") or {}
+        backend = elbv2_backends[account_id][region_name]
+        name = properties.get("Name")
+        if (name and name != original_resource.name) or \
+                properties.get("Scheme", "internet-facing") != original_resource.scheme or \
+                properties.get("Type", "application") != original_resource.type:
+            replacement = cls.create_from_cloudformation_json(new_resource_name, cloudformation_json, account_id,
+                                                              region_name)
+            backend.delete_load_balancer(original_resource.arn)
+            return replacement
+        arn = original_resource.arn
+        attributes = {a["Key"]: str(a["Value"]).lower() if isinstance(a["Value"], bool) else str(a["Value"])
+                      for a in properties.get("LoadBalancerAttributes") or []}
+        if attributes:
+            backend.modify_load_balancer_attributes(arn, attributes)
+        if properties.get("SecurityGroups"):
+            backend.set_security_groups(arn, list(properties["SecurityGroups"]))
+        if properties.get("Subnets"):
+            backend.set_subnets(arn, list(properties["Subnets"]), [])
+        wanted = {t["Key"]: t["Value"] for t in properties.get("Tags") or []}
+        stale = [key for key in original_resource.tags if key not in wanted]
+        if stale:
+            backend.remove_tags([arn], stale)
+        if wanted:
+            backend.add_tags([arn], [{"Key": k, "Value": v} for k, v in wanted.items()])
+        return original_resource
+
+    FakeLoadBalancer.update_from_cloudformation_json = classmethod(update_from_cloudformation_json)
+
+
+def _security_group_updates_in_place() -> None:
+    """AWS::EC2::SecurityGroup: CloudFormation replaces a group when its GroupName, GroupDescription or VpcId
+    changes and updates its rules and tags in place
+    (https://docs.aws.amazon.com/AWSCloudFormation/latest/TemplateReference/aws-resource-ec2-securitygroup.html).
+    moto 5.2.5 deleted and re-created the group on every update, a new physical ID where AWS keeps it (the
+    database server's group loses its HTTPS egress when the server leaves). Keep the group and apply its
+    tags unless a replacing property changed. moto models a group's inline rules at its creation only
+    (its ingress; no egress at all): an update does not change them, and no test here reads them."""
+    from moto.ec2.models import ec2_backends
+    from moto.ec2.models.security_groups import SecurityGroup
+
+    replaced = SecurityGroup.update_from_cloudformation_json.__func__
+
+    def update_from_cloudformation_json(cls, original_resource: Any, new_resource_name: str,
+                                        cloudformation_json: Any, account_id: str, region_name: str):
+        properties = cloudformation_json.get("Properties") or {}
+        name = properties.get("GroupName")
+        if (name and name != original_resource.name) or \
+                properties.get("GroupDescription") != original_resource.description or \
+                properties.get("VpcId") != original_resource.vpc_id:
+            return replaced(cls, original_resource, new_resource_name, cloudformation_json, account_id, region_name)
+        backend = ec2_backends[account_id][region_name]
+        wanted = {t["Key"]: t["Value"] for t in properties.get("Tags") or []}
+        current = dict(backend.tags.get(original_resource.id, {}))
+        stale = {key: value for key, value in current.items() if key not in wanted and not key.startswith("aws:")}
+        if stale:
+            backend.delete_tags([original_resource.id], stale)
+        if wanted:
+            backend.create_tags([original_resource.id], wanted)
+        return original_resource
+
+    SecurityGroup.update_from_cloudformation_json = classmethod(update_from_cloudformation_json)
+
+
+def _volume_removal_follows_its_deletion_policy() -> None:
+    """AWS::EC2::Volume removed from a stack (an update without it, or the stack's deletion): CloudFormation
+    deletes it, after a final snapshot with DeletionPolicy "Snapshot", and keeps it with "Retain"
+    (https://docs.aws.amazon.com/AWSCloudFormation/latest/TemplateReference/aws-attribute-deletionpolicy.html:
+    this applies to updates that remove a resource too). moto 5.2.5 has no deletion for volumes: the volume
+    left the stack's resources but stayed in EC2 (the EC2 database server's data volume, once its data was
+    carried into RDS). Do what the policy says."""
+    from moto.ec2.models import ec2_backends
+    from moto.ec2.models.elastic_block_store import Volume
+
+    def delete_from_cloudformation_json(cls, resource_name: str, cloudformation_json: Any, account_id: str,
+                                        region_name: str) -> None:
+        policy = cloudformation_json.get("DeletionPolicy", "Delete")
+        backend = ec2_backends[account_id][region_name]
+        if policy == "Retain" or resource_name not in backend.volumes:
+            return
+        if policy == "Snapshot":
+            backend.create_snapshot(resource_name, f"final snapshot of {resource_name} (DeletionPolicy Snapshot)")
+        backend.delete_volume(resource_name)
+
+    Volume.delete_from_cloudformation_json = classmethod(delete_from_cloudformation_json)
+
+
 VERSION_ATTRIBUTES = ("LatestVersionNumber", "DefaultVersionNumber")
 
 
@@ -458,14 +660,21 @@ def _updates_follow_references() -> None:
 def main(argv: list[str] | None = None) -> None:
     _kms_key_accepts_cloudformation_tags()
     _references_to_skipped_resources_resolve()
+    _removing_a_skipped_resource_deletes_nothing()
     _missing_get_att_attributes()
     _image_id_resolves_ssm_parameters_at_launch()
     _describe_stack_resource_returns_metadata()
     _signal_resource_is_recorded()
     _wait_conditions_complete_unsignalled()
+    _termination_protection_is_updated()
     _instance_updates_as_cloudformation_does()
     _auto_scaling_group_updates_in_place()
     _vpc_endpoint_updates_in_place()
+    _log_group_updates_as_cloudformation_does()
+    _load_balancer_updates_in_place()
+    _security_group_updates_in_place()
+    _volume_removal_follows_its_deletion_policy()
+    _policy_and_order_changes_update_nothing()   # before _updates_follow_references, which orders what is left
     _updates_follow_references()
     from moto.server import main as moto_main
 
