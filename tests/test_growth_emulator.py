@@ -18,13 +18,12 @@ database server and its data volume (same physical IDs, updated in place) and cr
 final deploy (carry_from removed) deletes the server and its volume and keeps the RDS instance. The carry
 itself (the server's Init step: pg_dump | psql into RDS; its wait condition holding the app servers' update)
 runs nowhere here, as no server runs on the emulator and moto completes wait conditions unsignalled: it
-needs a server (rehearsal/grow.py rehearses the 1 -> 2 carry, onto RDS's stand-in too, not yet this one). The final deploy's "no data loss" is not asserted while tools/plan.py still flags the
-carried volume's deletion (it reports as skipped, below).
+needs a server (rehearsal/grow.py rehearses it at stages 2 and 4, into RDS's stand-in). The final deploy's plan
+must flag no data loss and name the previous deploy's carry.
 
 The assertions compare against the plan, not a list of today's resources, so they hold whether or not the
-stage-2 app server is replaced at 1 -> 2 (today it is: its ImageId moves out of the launch template; a
-change under way keeps it, with the data move). "The data-holding stage-1 server is replaced at 1 -> 2" is
-today's behaviour only, so no test here says it.
+stage-2 app server is replaced at 1 -> 2 (it is not: both stages resolve its image at launch, and the carry
+moves its data).
 
 What the emulator cannot show is named, not passed: resource types moto does not model (secrets and their
 RDS attachment, the backup vault and plan, alarms...) have no physical ID in it, nor have security group
