@@ -226,42 +226,17 @@ def grow_to_2(g: Growth, workdir: Path, step: Step, *, floor: bool = False, data
         step.numbers["floor_seconds"] = measure_floor(g, db, config)
         step.facts.append(f"floor: plain pg_dump | psql of the same data took {step.numbers['floor_seconds']:.1f} s")
     before_local = row_counts(g.app, config.database.name)
-    poller = Poller(f"http://{g.app.address}:{app_server.service_port}/")
-    try:
-        time.sleep(2)
-        started = time.monotonic()
-        env.publish(g.app, app_server, assembly, template)  # the deploy: cfn-hup takes it from here
-        deadline = time.monotonic() + CARRY_WAIT_SEC
-        carried = False
-        while time.monotonic() < deadline:
-            record = g.app.run(f"cat {carry.CARRIED_RECORD}", check=False)
-            host = g.app.run(f"grep -h '^DB_HOST=' {render.ENV_FILE}", check=False).stdout
-            units_up = g.app.run("systemctl is-active app.service", check=False).stdout.strip() == "active"
-            if record.returncode == 0 and env.address("db") in host and units_up and poller.results \
-                    and poller.results[-1][1]:
-                carried = True
-                break
-            if "carry-local-database" in g.app.run("grep -h 'carry-local-database' /var/log/cfn-init.log "
-                                                   "| grep -i 'error\\|failed' | tail -n 1", check=False).stdout:
-                break
-            time.sleep(0.5)
-        took = time.monotonic() - started
-        time.sleep(2)
-    finally:
-        poller.stop()
-    log = g.app.run(f"grep -h '{carry.CARRY_LOG_PREFIX}' /var/log/cfn-init-cmd.log /var/log/cfn-init.log "
-                    "2>/dev/null | uniq", check=False).stdout
-    if not carried:
-        step.fail(f"the carry did not finish in {CARRY_WAIT_SEC} s:\n{log[-2000:]}\n{run.diagnose(g.app)}")
+    def served_from_the_new_database() -> bool:
+        record = g.app.run(f"cat {carry.CARRIED_RECORD}", check=False)
+        host = g.app.run(f"grep -h '^DB_HOST=' {render.ENV_FILE}", check=False).stdout
+        units_up = g.app.run("systemctl is-active app.service", check=False).stdout.strip() == "active"
+        return record.returncode == 0 and env.address("db") in host and units_up
+
+    applied = apply_carry(env, g.app, app_server, assembly, template,
+                          f"http://{g.app.address}:{app_server.service_port}/", served_from_the_new_database, step)
+    if applied is None:
         return None
-    # CloudFormation waits for this: the new metadata's wait condition handle must get SUCCESS, which the
-    # server sends only once the carry and the rest of stage 2's Init applied.
-    handle = g.app.cfn_stack.wait_for_signal(app_server.wait_handle, 120) if app_server.wait_handle else None
-    if not handle or handle["status"] != "SUCCESS":
-        step.fail(f"the update's wait condition handle {app_server.wait_handle} got "
-                  f"{handle['status'] if handle else 'no signal'}: CloudFormation would fail the 1 -> 2 deploy")
-    else:
-        step.facts.append("the deploy's wait condition got SUCCESS")
+    took, log, poller = applied
     after = row_counts(db, config.database.name, config.database.port)
     error_sec, failed_polls = poller.error_seconds()
     check_rows(step, g.seeded, before_local, after)
@@ -271,10 +246,7 @@ def grow_to_2(g: Growth, workdir: Path, step: Step, *, floor: bool = False, data
     retired = next((i for i, line in enumerate(lines) if "retired the local PostgreSQL" in line), None)
     if verified is None or retired is None or retired < verified:
         step.fail(f"the local PostgreSQL was not retired after the verification: {lines}")
-    state = g.app.run("systemctl is-enabled postgresql.service; systemctl is-active postgresql.service; "
-                      f"test -f {render.PG_DATA_DIR}/PG_VERSION && echo files-kept", check=False).stdout.split()
-    if state[:3] != ["disabled", "inactive", "files-kept"]:
-        step.fail(f"the local PostgreSQL after the carry: {state} (expected disabled, inactive, files kept)")
+    check_retired(step, g.app, "the local PostgreSQL")
     visits = run.visits(g.app, app_server)
     if visits is None or visits <= g.visits:
         step.fail(f"visits {g.visits} before, {visits} after: the app lost data or does not answer")
@@ -293,6 +265,55 @@ def grow_to_2(g: Growth, workdir: Path, step: Step, *, floor: bool = False, data
                       + (f" ({copy_line.split('the copy took', 1)[1].strip()} copy)" if copy_line else ""))
     step.facts.append("local PostgreSQL retired after the verification, files kept")
     return Growth(env, g.app, db, g.seeded, visits or 0, template)
+
+
+def check_retired(step: Step, c: ct.Container, what: str) -> None:
+    """After a verified carry, the source PostgreSQL is stopped and disabled, and its files are kept."""
+    state = c.run("systemctl is-enabled postgresql.service; systemctl is-active postgresql.service; "
+                  f"test -f {render.PG_DATA_DIR}/PG_VERSION && echo files-kept", check=False).stdout.split()
+    if state[:3] != ["disabled", "inactive", "files-kept"]:
+        step.fail(f"{what} after the carry: {state} (expected disabled, inactive, files kept)")
+
+
+def apply_carry(env: run.Environment, c: ct.Container, server, assembly: Path, template: dict, poll_url: str,
+                done, step: Step) -> tuple[float, str, Poller] | None:
+    """The deploy, for the server `c` whose Init carries its data: its new metadata published (cfn-hup takes it
+    from there), then a wait, with a client polling `poll_url`, until `done()` and the client is served again,
+    or the carry failed. CloudFormation waits for the new metadata's wait condition, which the server signals
+    only once the carry and the rest of its Init applied: it must get SUCCESS. Returns (seconds from the
+    metadata, the carry's log lines, the poller), or None when the carry did not finish (the step failed)."""
+    poller = Poller(poll_url)
+    try:
+        time.sleep(2)
+        started = time.monotonic()
+        env.publish(c, server, assembly, template)
+        deadline, carried = time.monotonic() + CARRY_WAIT_SEC, False
+        while time.monotonic() < deadline:
+            if done() and poller.results and poller.results[-1][1]:
+                carried = True
+                break
+            # The carry's own verdict (its log lines in capitals), or cfn-init reporting its command failed.
+            if c.run(f"grep -h '{carry.CARRY_LOG_PREFIX}' /var/log/cfn-init-cmd.log 2>/dev/null "
+                     "| grep -q 'FAILED\\|REFUSED' || grep -h 'carry-local-database' /var/log/cfn-init.log "
+                     "2>/dev/null | grep -qi 'error\\|failed'", check=False).returncode == 0:
+                break
+            time.sleep(0.5)
+        took = time.monotonic() - started
+        time.sleep(2)
+    finally:
+        poller.stop()
+    log = c.run(f"grep -h '{carry.CARRY_LOG_PREFIX}' /var/log/cfn-init-cmd.log /var/log/cfn-init.log "
+                "2>/dev/null | uniq", check=False).stdout
+    if not carried:
+        step.fail(f"the carry did not finish in {CARRY_WAIT_SEC} s:\n{log[-2000:]}\n{run.diagnose(c)}")
+        return None
+    handle = c.cfn_stack.wait_for_signal(server.wait_handle, 120) if server.wait_handle else None
+    if not handle or handle["status"] != "SUCCESS":
+        step.fail(f"the wait condition handle {server.wait_handle} of {server.logical_id} got "
+                  f"{handle['status'] if handle else 'no signal'}: CloudFormation would fail the deploy")
+    else:
+        step.facts.append(f"the {server.kind}'s wait condition got SUCCESS")
+    return took, log, poller
 
 
 def boot_database_server(env: run.Environment, template: dict, assembly: Path, g: Growth,
@@ -423,38 +444,17 @@ def move_to_rds(g: Growth, stage: int, workdir: Path, step: Step) -> tuple[Growt
         env.enforce_security_groups(c, lid)
         c.refs.update({k: v for k, v in env.refs.items() if k not in c.refs})
     before = row_counts(g.database, config.database.name)
-    poller = Poller(f"http://{g.app.address}:{member.service_port}/")
-    try:
-        time.sleep(2)
-        started = time.monotonic()
-        env.publish(g.database, db_server, assembly, template)  # the deploy: the database server's cfn-hup
-        deadline, carried = time.monotonic() + CARRY_WAIT_SEC, False
-        while time.monotonic() < deadline:
-            record = g.database.run(f"cat {carry.CARRIED_RECORD}", check=False)
-            forwarding = g.database.run(f"systemctl is-active {render.FORWARD_SOCKET}",
-                                        check=False).stdout.strip() == "active"
-            if record.returncode == 0 and forwarding and poller.results and poller.results[-1][1]:
-                carried = True
-                break
-            if "FAILED" in g.database.run(f"grep -h '{carry.CARRY_LOG_PREFIX}' /var/log/cfn-init-cmd.log "
-                                          "2>/dev/null | tail -n 3", check=False).stdout:
-                break
-            time.sleep(0.5)
-        took = time.monotonic() - started
-        time.sleep(2)
-    finally:
-        poller.stop()
-    log = g.database.run(f"grep -h '{carry.CARRY_LOG_PREFIX}' /var/log/cfn-init-cmd.log /var/log/cfn-init.log "
-                         "2>/dev/null | uniq", check=False).stdout
-    if not carried:
-        step.fail(f"the carry did not finish in {CARRY_WAIT_SEC} s:\n{log[-2000:]}\n{run.diagnose(g.database)}")
+    def forwarding() -> bool:
+        record = g.database.run(f"cat {carry.CARRIED_RECORD}", check=False)
+        return record.returncode == 0 and g.database.run(f"systemctl is-active {render.FORWARD_SOCKET}",
+                                                         check=False).stdout.strip() == "active"
+
+    # The deploy: the database server's cfn-hup; the old app server is the one the client polls.
+    applied = apply_carry(env, g.database, db_server, assembly, template,
+                          f"http://{g.app.address}:{member.service_port}/", forwarding, step)
+    if applied is None:
         return None
-    handle = g.database.cfn_stack.wait_for_signal(db_server.wait_handle, 120) if db_server.wait_handle else None
-    if not handle or handle["status"] != "SUCCESS":
-        step.fail(f"the database server's wait condition handle {db_server.wait_handle} got "
-                  f"{handle['status'] if handle else 'no signal'}: the deploy would roll back")
-    else:
-        step.facts.append("the database server's wait condition got SUCCESS (the app servers' update waits for it)")
+    took, log, poller = applied
     after = row_counts(rds, config.database.name, config.database.port)
     check_rows(step, g.seeded, before, after)
     lines = [line for line in log.splitlines() if carry.CARRY_LOG_PREFIX in line]
@@ -462,11 +462,7 @@ def move_to_rds(g: Growth, stage: int, workdir: Path, step: Step) -> tuple[Growt
              for text in ("downtime starts", "verified:", "retired the local PostgreSQL", "forwarding")]
     if None in order or order != sorted(order):
         step.fail(f"freeze, verification, retirement and forwarding out of order: {lines}")
-    state = g.database.run("systemctl is-enabled postgresql.service; systemctl is-active postgresql.service; "
-                           f"test -f {render.PG_DATA_DIR}/PG_VERSION && echo files-kept", check=False).stdout.split()
-    if state[:3] != ["disabled", "inactive", "files-kept"]:
-        step.fail(f"the database server's PostgreSQL after the carry: {state} (expected disabled, inactive, "
-                  "files kept)")
+    check_retired(step, g.database, "the database server's PostgreSQL")
     # The old app server, not yet moved, reaches RDS through the forwarder.
     visits = run.visits(g.app, member)
     if visits is None or visits <= g.visits:

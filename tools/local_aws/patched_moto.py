@@ -12,6 +12,16 @@ import sys
 from typing import Any
 
 
+def _set_tags(backend, resource_id: str, tags: list | None) -> None:
+    """An EC2 resource's tags made what its template says (an in-place update; AWS's own aws: tags stay)."""
+    wanted = {t["Key"]: t["Value"] for t in tags or []}
+    current = dict(backend.tags.get(resource_id, {}))
+    stale = {key: value for key, value in current.items() if key not in wanted and not key.startswith("aws:")}
+    if stale:
+        backend.delete_tags([resource_id], stale)
+    if wanted:
+        backend.create_tags([resource_id], wanted)
+
 def _kms_key_accepts_cloudformation_tags() -> None:
     """AWS::KMS::Key: CloudFormation tags are {Key, Value}, but moto's KMS tagger reads
     {TagKey, TagValue}, so a tagged key (every key, once the app tags its stacks) raised
@@ -309,13 +319,7 @@ def _instance_updates_as_cloudformation_does() -> None:
                     backend.associate_address(instance=replacement, address=address.public_ip, reassociate=True)
             backend.terminate_instances([original_resource.id])
             return replacement
-        wanted = {t["Key"]: t["Value"] for t in (cloudformation_json.get("Properties") or {}).get("Tags") or []}
-        current = dict(backend.tags.get(original_resource.id, {}))
-        stale = {key: value for key, value in current.items() if key not in wanted and not key.startswith("aws:")}
-        if stale:
-            backend.delete_tags([original_resource.id], stale)
-        if wanted:
-            backend.create_tags([original_resource.id], wanted)
+        _set_tags(backend, original_resource.id, (cloudformation_json.get("Properties") or {}).get("Tags"))
         return original_resource
 
     Instance.create_from_cloudformation_json = classmethod(create_from_cloudformation_json)
@@ -544,13 +548,7 @@ def _security_group_updates_in_place() -> None:
                 properties.get("VpcId") != original_resource.vpc_id:
             return replaced(cls, original_resource, new_resource_name, cloudformation_json, account_id, region_name)
         backend = ec2_backends[account_id][region_name]
-        wanted = {t["Key"]: t["Value"] for t in properties.get("Tags") or []}
-        current = dict(backend.tags.get(original_resource.id, {}))
-        stale = {key: value for key, value in current.items() if key not in wanted and not key.startswith("aws:")}
-        if stale:
-            backend.delete_tags([original_resource.id], stale)
-        if wanted:
-            backend.create_tags([original_resource.id], wanted)
+        _set_tags(backend, original_resource.id, properties.get("Tags"))
         return original_resource
 
     SecurityGroup.update_from_cloudformation_json = classmethod(update_from_cloudformation_json)
