@@ -83,7 +83,7 @@ if systemctl disable --now postgresql.service; then
 else
   say "the copy is verified, but the local PostgreSQL did not stop: stop and disable it by hand"
 fi""",
-        already="", target=target, record=record, pg_data_dir=pg_data_dir, work_dir=work_dir)
+        already="", nothing="exit 0", target=target, record=record, pg_data_dir=pg_data_dir, work_dir=work_dir)
 
 
 def database_server_carry_script(app_user: str, *, target: str = CARRY_TARGET, record: str = CARRIED_RECORD,
@@ -94,10 +94,19 @@ def database_server_carry_script(app_user: str, *, target: str = CARRY_TARGET, r
     address, so every app server not yet moved to RDS reaches RDS through this server, the same user
     and password (the two share the secret) and the same database name."""
     unfreeze = f"""local_sql "ALTER ROLE {app_user} LOGIN" postgres >/dev/null || true"""
-    forward = f"""if systemctl enable --now {render.FORWARD_SOCKET}; then
+    # Forwarding works end to end once PostgreSQL's protocol answers on the old port (RDS, through it).
+    forward_check = """for attempt in $(seq 1 30); do
+    pg_isready -q -h 127.0.0.1 -p "$source_port" -t 5 && break; sleep 1
+  done
+  pg_isready -q -h 127.0.0.1 -p "$source_port" -t 5"""
+    forward = f"""if systemctl enable --now {render.FORWARD_SOCKET} && {{
+  {forward_check}
+}}; then
   say "forwarding this server's PostgreSQL address to $TARGET_HOST:$TARGET_PORT ({render.FORWARD_SOCKET})"
 else
-  say "FAILED: the forwarder did not start; PostgreSQL serves again here, untouched since the copy"
+  # No app server has moved to RDS yet (their update waits for this step): this database is still the data.
+  say "FAILED: the forwarder does not reach RDS; PostgreSQL serves again here, untouched since the copy"
+  systemctl disable --now {render.FORWARD_SOCKET} {render.FORWARD_SERVICE} || true
   rm -f {record}
   systemctl enable --now postgresql.service
   {unfreeze}
@@ -108,44 +117,58 @@ fi"""
         setup="",
         freeze=f"""say "downtime starts: the app's role may not log in, and its sessions end"
 local_sql "ALTER ROLE {app_user} NOLOGIN" postgres >/dev/null
-local_sql "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE usename = '{app_user}'" postgres >/dev/null""",
+# pg_terminate_backend only asks: wait until no session of the app's role is left.
+for attempt in $(seq 1 50); do
+  left=$(local_sql "SELECT count(*) FROM pg_stat_activity WHERE usename = '{app_user}'" postgres)
+  [ "$left" = 0 ] && break
+  local_sql "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE usename = '{app_user}'" postgres >/dev/null
+  sleep 0.2
+done
+[ "$left" = 0 ] || {{ say "FAILED: $left sessions of the app's role did not end"; exit 1; }}""",
         thaw=f"""say "FAILED: the app's role may log in again; this database serves, untouched"
 {unfreeze}""",
         retire=f"""systemctl disable --now postgresql.service
 say "retired the local PostgreSQL (stopped, disabled; its data stays in {pg_data_dir} until its volume goes)"
 {forward}""",
         # A rerun after the carry (cfn-hup applying this metadata again): PostgreSQL stays retired (the
-        # setup skips it) and the forwarder must be serving.
+        # setup skips it) and the forwarder must be serving. The app may be on RDS by now: never revive here.
         already=f"""systemctl disable --now postgresql.service 2>/dev/null || true
-{forward}""",
+systemctl enable --now {render.FORWARD_SOCKET} || {{ say "FAILED: the forwarder did not start"; exit 1; }}""",
+        # The database server holds the app's database: finding none means a wrong name, not an empty app.
+        nothing="""say "FAILED: no data of the app here: check [database] name and user (RDS takes over both)"
+exit 1""",
         target=target, record=record, pg_data_dir=pg_data_dir, work_dir=work_dir)
 
 
-def _script(*, what: str, setup: str, freeze: str, thaw: str, retire: str, already: str, target: str,
-            record: str, pg_data_dir: str, work_dir: str) -> str:
+def _script(*, what: str, setup: str, freeze: str, thaw: str, retire: str, already: str, nothing: str,
+            target: str, record: str, pg_data_dir: str, work_dir: str) -> str:
     """The carry both servers share: `freeze` stops the app's writes, `thaw` undoes it on a failure
-    before the record, `retire` ends the local PostgreSQL after it, `already` runs on a rerun."""
+    before the record, `retire` ends the local PostgreSQL after it, `already` runs on a rerun, `nothing`
+    when there is no data to carry."""
     return f"""#!/bin/bash
 # Rendered by app_tier/carry.py: carry {what}, once, verified table by table before the local copy is retired.
 set -euo pipefail
 say() {{ echo "{CARRY_LOG_PREFIX} $*"; }}
 set -a; . {target}; set +a
+[ -n "$TARGET_REGION" ] || TARGET_REGION=$(cut -d: -f4 <<<"$TARGET_SECRET_ARN")
 # PostgreSQL's own account, as the owner of its data directory: the superuser over the local socket.
 pg_admin=$(stat -c %U {pg_data_dir} 2>/dev/null || true)
 source_port=5432
 local_sql() {{ (cd / && runuser -u "$pg_admin" -- psql -X -qtA -v ON_ERROR_STOP=1 -p "$source_port" \\
   -d "${{2:-$TARGET_DB}}" -c "$1"); }}
-if [ -f {record} ]; then
-  say "already carried: $(head -n 1 {record})"
-{already}
-  exit 0
-fi
-if [ ! -f {pg_data_dir}/PG_VERSION ]; then say "no local PostgreSQL data: nothing to carry"; exit 0; fi
-[ -n "$TARGET_REGION" ] || TARGET_REGION=$(cut -d: -f4 <<<"$TARGET_SECRET_ARN")
+target_sql() {{ PGPASSFILE="$work/pgpass" psql -X -qtA -v ON_ERROR_STOP=1 -h "$TARGET_HOST" -p "$TARGET_PORT" \\
+  -U "$TARGET_USER" -d "$TARGET_DB" -c "$1"; }}
+# The app's tables: every schema but PostgreSQL's own and the carry's marker.
+USER_TABLES="SELECT schemaname AS s, tablename AS t FROM pg_tables
+  WHERE schemaname NOT IN ('pg_catalog', 'information_schema', '{MARKER_SCHEMA}') AND schemaname !~ '^pg_'"
+COUNT_TABLES="SELECT count(*) FROM ($USER_TABLES) tables"
+# One line per table, "schema.name rows", in byte order of the names (not either database's collation).
+ROW_COUNTS="SELECT string_agg(format('%s.%s %s', s, t, (xpath('/row/c/text()',
+  query_to_xml(format('SELECT count(*) AS c FROM %I.%I', s, t), false, true, '')))[1]::text), E'\\n'
+  ORDER BY s || '.' || t COLLATE \\"C\\") FROM ($USER_TABLES) tables"
 umask 077
 install -d -m 0700 {work_dir}
 work=$(mktemp -d {work_dir}/.carry.XXXXXX)
-{setup}
 frozen=""
 finish() {{
   status=$?
@@ -156,35 +179,44 @@ finish() {{
   exit $status
 }}
 trap finish EXIT
+reach_target() {{
+  for attempt in $(seq 1 30); do
+    if aws secretsmanager get-secret-value --region "$TARGET_REGION" --secret-id "$TARGET_SECRET_ARN" \\
+         --query SecretString --output text \\
+       | python3 -c 'import json, sys; p = json.load(sys.stdin)["password"].replace("\\\\", "\\\\\\\\").replace(":", "\\\\:"); sys.stdout.write("*:*:*:*:" + p + "\\n")' \\
+         > "$work/pgpass"; then break; fi
+    say "reading the target's password: attempt $attempt failed; retrying"; sleep 5
+  done
+  [ -s "$work/pgpass" ] || {{ say "could not read the target's password"; exit 1; }}
+  for attempt in $(seq 1 60); do target_sql "SELECT 1" >/dev/null 2>&1 && break; sleep 2; done
+  target_sql "SELECT 1" >/dev/null
+}}
 
-target_sql() {{ PGPASSFILE="$work/pgpass" psql -X -qtA -v ON_ERROR_STOP=1 -h "$TARGET_HOST" -p "$TARGET_PORT" \\
-  -U "$TARGET_USER" -d "$TARGET_DB" -c "$1"; }}
-COUNT_TABLES="SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"
-# One line per table, "name rows", in byte order of the names (not either database's collation).
-ROW_COUNTS="SELECT string_agg(format('%s %s', t, (xpath('/row/c/text()',
-  query_to_xml(format('SELECT count(*) AS c FROM public.%I', t), false, true, '')))[1]::text), E'\\n'
-  ORDER BY t COLLATE \\"C\\") FROM (SELECT tablename AS t FROM pg_tables WHERE schemaname = 'public') tables"
-
+if [ -f {record} ]; then
+  # A record whose target holds nothing is stale (the target was deleted and made again since, e.g. by a
+  # rollback under a setup that predates the record check): copying nothing would lose the data here.
+  reach_target
+  if [ "$(target_sql "$COUNT_TABLES")" = 0 ]; then
+    say "FAILED: the record says carried ($(head -n 1 {record})), but the target holds no tables: the data is the"
+    say "copy here; move {record} aside and deploy again"
+    exit 1
+  fi
+  say "already carried: $(head -n 1 {record})"
+{already}
+  exit 0
+fi
+if [ ! -f {pg_data_dir}/PG_VERSION ]; then say "no local PostgreSQL data: nothing to carry"; {nothing}; fi
+{setup}
 systemctl start postgresql.service
 # The port it listens on (its socket's name): the fourth line of its pid file.
 source_port=$(sed -n 4p {pg_data_dir}/postmaster.pid 2>/dev/null || true)
 source_port=${{source_port:-5432}}
 # Whether the app's database exists here: only a query that succeeded may say "no" (an error stops the carry).
 exists=$(local_sql "SELECT count(*) FROM pg_database WHERE datname = '$TARGET_DB'" template1)
-if [ "$exists" = 0 ]; then say "no local database $TARGET_DB: nothing to carry"; exit 0; fi
-if [ "$(local_sql "$COUNT_TABLES")" = 0 ]; then say "the local database has no tables: nothing to carry"; exit 0; fi
+if [ "$exists" = 0 ]; then say "no local database $TARGET_DB: nothing to carry"; {nothing}; fi
+if [ "$(local_sql "$COUNT_TABLES")" = 0 ]; then say "the local database has no tables: nothing to carry"; {nothing}; fi
 source_id=$(local_sql "SELECT system_identifier FROM pg_control_system()")
-
-for attempt in $(seq 1 30); do
-  if aws secretsmanager get-secret-value --region "$TARGET_REGION" --secret-id "$TARGET_SECRET_ARN" \\
-       --query SecretString --output text \\
-     | python3 -c 'import json, sys; p = json.load(sys.stdin)["password"].replace("\\\\", "\\\\\\\\").replace(":", "\\\\:"); sys.stdout.write("*:*:*:*:" + p + "\\n")' \\
-       > "$work/pgpass"; then break; fi
-  say "reading the target's password: attempt $attempt failed; retrying"; sleep 5
-done
-[ -s "$work/pgpass" ] || {{ say "could not read the target's password"; exit 1; }}
-for attempt in $(seq 1 60); do target_sql "SELECT 1" >/dev/null 2>&1 && break; sleep 2; done
-target_sql "SELECT 1" >/dev/null
+reach_target
 
 started=$(date +%s.%N)
 frozen=1
@@ -208,6 +240,11 @@ target_counts=$(target_sql "$ROW_COUNTS")
 if [ "$target_counts" != "$local_counts" ]; then
   say "VERIFY FAILED: row counts differ (local | target):"
   diff <(echo "$local_counts") <(echo "$target_counts") || true
+  exit 1
+fi
+# Nothing may have written here meanwhile (a session the freeze missed): the counts again, after the copy.
+if [ "$(local_sql "$ROW_COUNTS")" != "$local_counts" ]; then
+  say "VERIFY FAILED: the local database changed during the copy"
   exit 1
 fi
 rows=$(awk '{{ s += $2 }} END {{ print s + 0 }}' <<<"$local_counts")

@@ -933,7 +933,7 @@ systemctl start {FETCH_PASSWORD_UNIT}
 {PASSWORD_ENV}=$(cat {PASSWORD_FILE})
 export {PASSWORD_ENV}
 cd /
-runuser -u postgres -- psql --no-psqlrc -q -v ON_ERROR_STOP=1 -d postgres -f {PG_CONF_DIR}/setup.sql
+runuser -u postgres -- psql --no-psqlrc -q -v ON_ERROR_STOP=1 -p {database.port} -d postgres -f {PG_CONF_DIR}/setup.sql
 """
     files = {
         f"{PG_CONF_DIR}/postgresql.conf": ServerFile(postgresql_conf(database, listen_addresses=listen_addresses)),

@@ -81,6 +81,10 @@ class Database(Construct):
         self.security_group = ec2.SecurityGroup(self, "SecurityGroup", vpc=vpc, allow_all_outbound=False,
                                                 description="PostgreSQL: reachable only from the app servers")
         if props.kind == "rds":
+            if source is not None and props.removal_policy == RemovalPolicy.DESTROY:
+                # A rollback after the carry deletes the new instance, with whatever the app wrote to it
+                # since: a final snapshot keeps that, even where the environment's data is disposable.
+                props = dataclasses.replace(props, removal_policy=RemovalPolicy.SNAPSHOT)
             self._build_rds(props, vpc=vpc, subnets=subnets)
             host = self.instance.db_instance_endpoint_address
             if source is not None:

@@ -262,6 +262,10 @@ class CarrySourceConfig(Section):
     storage_gib: int = _whole(20, 16384, 20, note=" (its data volume as deployed)")
     port: int = _whole(1024, 65535, 5432, note=" (its port as deployed)")
     root_volume_gib: int = _whole(8, 1024, 16, note=" (its root volume as deployed)")
+    name: Annotated[str, _matching(_DB_IDENTIFIER)] = _text(
+        "app", "its database name as deployed: [database] name's (RDS takes it over)")
+    user: Annotated[str, _matching(_DB_IDENTIFIER)] = _text(
+        "app", "its user as deployed: [database] user's (RDS takes it over, with its password)")
 
 
 @dataclass(frozen=True, config=MODEL_CONFIG, kw_only=True)
@@ -295,6 +299,12 @@ class DatabaseConfig(Section):
         if c.carry_from is not None and c.kind != "rds":
             found.add("carry_from", f"is set with database.kind {c.kind!r}; allowed: only with kind = \"rds\" "
                                     "(the EC2 database server whose data moves into RDS), or remove it")
+        for field in ("name", "user"):
+            old, new = getattr(c.carry_from, field, None), getattr(c, field)
+            if c.carry_from is not None and old != new:
+                found.add(("carry_from", field), f"got {old!r}, but database.{field} is {new!r}; allowed: the same "
+                                                 f"(RDS takes over the database's {field}: change it in a deploy "
+                                                 "of its own, before or after the move)")
 
 
 def _admin_cidrs(cidrs: tuple[str, ...]) -> tuple[str, ...]:

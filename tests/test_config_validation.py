@@ -419,6 +419,9 @@ def test_app_exits_with_a_clear_message_no_traceback_and_nothing_synthesized(tmp
      "database.carry_from.kind: got 'rds'; allowed: ec2"),
     ({"database.carry_from": {"kind": "ec2", "port": 80}, "database.kind": "rds", "stage": 2},
      "database.carry_from.port: got 80; allowed: a whole number from 1024 to 65535 (its port as deployed)"),
+    ({"database.carry_from": {"kind": "ec2", "name": "shop"}, "database.kind": "rds", "database.port": 5433,
+      "stage": 2, "network.interface_endpoints": True},
+     "database.carry_from.name: got 'shop', but database.name is 'app'; allowed: the same"),
 ])
 def test_moving_to_rds_names_the_old_database_servers_settings(changes, expected):
     raw = DEV
@@ -433,4 +436,4 @@ def test_moving_to_rds_from_dev_at_stage_2_needs_only_the_old_table_under_carry_
                 {"kind": "rds", "port": 5433, "carry_from": {"kind": "ec2"}})
     config = parse_environment("dev", raw)
     assert config.database.carry_from == model.CarrySourceConfig(kind="ec2", instance_type="t3.micro", storage_gib=20,
-                                                                 port=5432, root_volume_gib=16)
+                                                                 port=5432, root_volume_gib=16, name="app", user="app")

@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from app_tier.render import CARRIED_RECORD
 from envconfig import ConfigError, EnvironmentConfig, load_environment
 from tools import ROOT
 from tools.templates import INIT
@@ -556,6 +557,16 @@ def data_fates(changes: list[Change], before: dict | None, after: dict,
         vault = _backed_up_in(fate.logical_id, before, by_id)
         if vault:
             fate.detail += f"; its AWS Backup recovery points stay in {vault} until they expire"
+    # A server that carries on this update must run a setup that knows the carry's record: a rollback after
+    # the carry re-applies the deployed metadata, and one from before the record check would serve a stale
+    # copy next to the forwarder and leave a record that makes the next carry copy nothing.
+    carriers = {c.server for c in carrying.values()} | {f.logical_id for f in fates if LOCAL_CARRY in f.detail}
+    for lid in sorted(carriers):
+        if lid in old_resources and CARRIED_RECORD not in json.dumps(old_resources[lid].get("Metadata") or {}):
+            fates.append(DataFate(_name(lid, before), lid, "the server that carries the data", "kept",
+                                  f"its deployed setup predates the carry's record check ({CARRIED_RECORD}), so a "
+                                  "rollback after the carry would not know of it: deploy this version once without "
+                                  "the move first (README: Growing the service)", loss=True))
     return fates
 
 

@@ -105,7 +105,7 @@ def test_the_carry_copies_verifies_and_only_then_retires_the_local_database(serv
     with pytest.raises(subprocess.CalledProcessError):
         psql(target, "INSERT INTO orders VALUES (5000, 999999)")
     record = (tmp_path / "record" / "carried").read_text()
-    assert "2 tables, 1300 rows" in record and "customers 300" in record
+    assert "2 tables, 1300 rows" in record and "public.customers 300" in record
     assert psql(target, "SELECT count(*) FROM pg_namespace WHERE nspname = 'webapp_carry'") == "0"
     # The app stops before the copy; the local server is retired after the verification, never before.
     stop = calls.index("stop app.socket app.service")
@@ -226,3 +226,25 @@ def test_the_setup_of_a_carried_server_keeps_it_retired_or_serves_again_after_a_
     assert "PostgreSQL stays retired" in carrying and "exit 0" in carrying.split("systemctl enable")[0]
     assert f"mv {render.CARRIED_RECORD} {render.CARRIED_RECORD}.rolled-back-" in serving
     assert f"disable --now {render.FORWARD_SOCKET}" in serving
+
+
+def test_a_record_whose_target_holds_nothing_is_stale_and_stops_the_carry(servers, tmp_path):
+    """The record says carried, but the target is empty (deleted and made again since, e.g. by a rollback under
+    a setup that predates the record check): copying nothing would lose the data, so the carry fails."""
+    source, target = servers
+    seed(source)
+    record = tmp_path / "record" / "carried"
+    record.parent.mkdir()
+    record.write_text("to 127.0.0.1:5432/app at 2026-01-01T00:00:00Z: 2 tables, 1300 rows\n")
+    for database_server in (False, True):
+        result, calls = run_carry(tmp_path, source, target, database_server=database_server)
+        assert result.returncode != 0 and "the target holds no tables" in result.stdout, result.stdout
+        assert not any("disable" in c or "stop" in c for c in calls)
+    assert counts(source) == {"customers": 300, "orders": 1000}
+
+
+def test_a_database_server_without_the_apps_data_fails_instead_of_forwarding_an_empty_database(servers, tmp_path):
+    source, target = servers  # no tables: a changed [database] name would look like this
+    result, calls = run_carry(tmp_path, source, target, database_server=True)
+    assert result.returncode != 0 and "FAILED: no data of the app here" in result.stdout
+    assert render.FORWARD_SOCKET not in " ".join(calls) and not (tmp_path / "record" / "carried").exists()

@@ -12,6 +12,7 @@ import json
 import pytest
 from stack_support import build_app, from_files, variant_configs
 
+from app_tier import render
 from envconfig import load_environment
 from envconfig.model import CarrySourceConfig
 from tools import plan as planner
@@ -354,3 +355,12 @@ def test_the_stage_2_app_server_is_updated_only_after_the_database_servers_carry
                     and server in r.get("DependsOn", [])]
     app_server = resources["ServiceAppServerInstance31F059BE"]
     assert condition in app_server["DependsOn"]
+
+
+def test_a_carry_from_a_server_whose_deployed_setup_predates_the_record_check_is_flagged(grown, carrying):
+    """A rollback after the carry re-applies the deployed metadata: one from before the record check would
+    serve the stale copy next to the forwarder. The plan asks for one deploy of this version first."""
+    before = json.loads(json.dumps(grown["stage2rds"]).replace(render.CARRIED_RECORD, "/var/lib/webapp/elsewhere"))
+    plan = _plan(before, carrying, env="prod")
+    assert plan.data_loss
+    assert any("predates the carry's record check" in f.detail and f.loss for f in plan.data), _data_lines(plan)
