@@ -13,6 +13,7 @@ import shutil
 import stat
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -248,3 +249,32 @@ def test_a_database_server_without_the_apps_data_fails_instead_of_forwarding_an_
     result, calls = run_carry(tmp_path, source, target, database_server=True)
     assert result.returncode != 0 and "FAILED: no data of the app here" in result.stdout
     assert render.FORWARD_SOCKET not in " ".join(calls) and not (tmp_path / "record" / "carried").exists()
+
+
+def test_the_forwarder_unit_reaches_postgresql_by_name_with_systemds_own_proxy(servers, tmp_path):
+    """The forwarder's ExecStart, as rendered, run by systemd's own socket-proxyd (systemd 252, as on Amazon
+    Linux 2023) behind a listening socket (systemd-socket-activate plays the .socket unit): a client reaches
+    PostgreSQL through it, the target given by name (RDS's endpoint is a DNS name). Loopback only."""
+    _, target = servers
+    proxyd = shutil.which("systemd-socket-activate")
+    if proxyd is None or not os.path.exists(carry.SOCKET_PROXYD):
+        pytest.skip("systemd-socket-activate or systemd-socket-proxyd is missing (scripts/setup.sh installs systemd)")
+    units = carry.forward_units(5432, render.DatabaseEndpoint(host="localhost", port=target.database.port))
+    service = units[f"{render.UNIT_DIR}/{render.FORWARD_SERVICE}"].content
+    (exec_start,) = [line.split("=", 1)[1] for line in service.splitlines() if line.startswith("ExecStart=")]
+    port = free_port()
+    forwarder = subprocess.Popen([proxyd, "-l", f"127.0.0.1:{port}", *exec_start.split()],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        psql(target, "CREATE TABLE through (id int); INSERT INTO through VALUES (7)")
+        for _ in range(50):
+            out = subprocess.run([str(target.bin / "psql"), "-X", "-qtA", "-U", "app", "-h", "127.0.0.1", "-p",
+                                  str(port), "-d", "app", "-c", "SELECT id FROM through"],
+                                 env={"PGPASSWORD": PASSWORD}, capture_output=True, text=True, check=False)
+            if out.returncode == 0:
+                break
+            time.sleep(0.1)
+        assert out.returncode == 0 and out.stdout.strip() == "7", out.stderr
+    finally:
+        forwarder.terminate()
+        forwarder.wait(10)

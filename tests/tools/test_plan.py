@@ -161,6 +161,9 @@ def test_the_carry_deploy_names_the_carrys_downtime(carry_deploy):
     assert "forwards its old port to RDS" in carry[0].basis and "rolls the deploy back" in carry[0].basis
     # Not "its bootstrap re-runs in place: none": the carry retires that PostgreSQL.
     assert not [d for d in carry_deploy.downtime if d.what.startswith("Service/Database/Server")]
+    # The app server moves after the carry, onto RDS: not "a few seconds, within about a minute of the deploy".
+    (app_server,) = [d for d in carry_deploy.downtime if d.what.startswith("Service/AppServer/Instance")]
+    assert app_server.what.endswith("on RDS") and app_server.estimate.startswith("none of its own")
 
 
 def test_the_deploy_after_the_carry_deletes_the_database_server_without_data_loss(after_carry, monkeypatch,
